@@ -1,0 +1,165 @@
+"""Posterior samples from a fitted guide, as ArviZ ``InferenceData``, and a PSIS check of
+how good the guide is."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import Predictive
+from pyro.poutine.util import site_is_subsample
+
+if TYPE_CHECKING:
+    import arviz
+
+__all__ = ["guide_khat", "to_inference_data"]
+
+
+def _arviz():
+    """Import ArviZ lazily (it is slow to import and warns about its 1.x refactor)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def _prepare(model, data):
+    check = getattr(model, "check_data", None)
+    if check is not None:
+        check(*data)
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else None
+    return tuple(None if d is None or device is None else d.to(device) for d in data)
+
+
+def _structure(model, data):
+    """Trace guide and model once: the plate nesting depth, the observed site names, and
+    the size of plate "data"."""
+    guide_trace = poutine.trace(model.guide).get_trace(*data)
+    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*data)
+    nesting, observed = 0, []
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+            nesting = max([nesting] + [-f.dim for f in frames])
+            if trace is model_trace and site["is_observed"]:
+                observed.append(name)
+            if not any(f.name == "data" for f in site["cond_indep_stack"]):
+                raise ValueError(f"site {name!r} is not inside plate 'data'; per-datum "
+                                 f"posterior checks need every sample site to be local")
+    return nesting, observed
+
+
+def _per_datum(log_prob: torch.Tensor) -> torch.Tensor:
+    """``(samples, N, ...)`` log-densities -> ``(samples, N)``, summing the inner plates."""
+    return log_prob.reshape(log_prob.shape[0], log_prob.shape[1], -1).sum(-1)
+
+
+def _dims(name: str, ndim: int, observed: bool) -> list[str]:
+    last = "feature" if observed else "latent"
+    return {1: ["obs"], 2: ["obs", last], 3: ["obs", "time", last]}.get(
+        ndim, ["obs"] + [f"{name}_dim_{i}" for i in range(1, ndim)])
+
+
+def _with_rng(seed):
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()]
+                                 if torch.cuda.is_available() else [])
+
+
+def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> arviz.InferenceData:
+    """Draw ``num_samples`` posterior samples from ``model.guide`` and package them for ArviZ.
+
+    Groups: ``posterior`` (every latent site, dims ``chain, draw, obs, [time,] latent``),
+    ``posterior_predictive`` (the observed sites re-sampled given each posterior draw),
+    ``log_likelihood`` (per data point: the observed sites' log-density summed over all
+    non-sample dimensions, dims ``chain, draw, obs``) and ``observed_data``. So
+    ``az.summary``, ``az.loo`` and ``az.plot_ppc`` work. Samples come from the variational
+    guide, not the exact posterior: check it with :func:`guide_khat`. For MCMC runs use
+    ``az.from_pyro``.
+
+    Args:
+        model: a fitted model with ``model``/``guide`` methods whose sample sites all lie in
+            plate ``"data"``.
+        *data: the data tensors, as for :func:`~pyrocrl.inference.fit_svi`.
+        num_samples: draws per data point.
+        seed: fixes the draws (the caller's RNG state is left untouched).
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"to_inference_data: num_samples must be a positive int, "
+                         f"got {num_samples!r}")
+    data = _prepare(model, data)
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with torch.no_grad(), _with_rng(seed):
+            torch.manual_seed(seed)
+            nesting, observed = _structure(model, data)
+            samples = Predictive(poutine.uncondition(model.model), guide=model.guide,
+                                 num_samples=num_samples, parallel=True)(*data)
+            latents = {k: v for k, v in samples.items() if k not in observed}
+            particles = pyro.plate("num_samples", num_samples, dim=-nesting - 1)
+            conditioned = poutine.condition(particles(model.model), data=latents)
+            trace = poutine.trace(conditioned).get_trace(*data)
+            trace.compute_log_prob()
+            observed_values = {k: trace.nodes[k]["value"] for k in observed}
+            log_lik = {k: _per_datum(trace.nodes[k]["log_prob"]) for k in observed}
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+
+    az = _arviz()
+
+    def group(arrays, observed_group, with_chain=True):
+        values = {k: v.detach().cpu().numpy()[None] if with_chain else v.detach().cpu().numpy()
+                  for k, v in arrays.items()}
+        skip = 2 if with_chain else 0
+        dims = {k: _dims(k, v.ndim - skip, observed_group) for k, v in values.items()}
+        return az.dict_to_dataset(values, dims=dims, library=pyro,
+                                  **({} if with_chain else {"default_dims": []}))
+
+    return az.InferenceData(
+        posterior=group(latents, observed_group=False),
+        posterior_predictive=group({k: samples[k] for k in observed}, observed_group=True),
+        log_likelihood=group(log_lik, observed_group=True),
+        observed_data=group(observed_values, observed_group=True, with_chain=False),
+    )
+
+
+def guide_khat(model, *data, num_particles: int = 1000, seed: int = 0) -> np.ndarray:
+    r"""Pareto-smoothed importance sampling :math:`\hat k` of the guide, per data point.
+
+    For each data point :math:`i`, draws :math:`z^{(s)} \sim q(z_i \mid x_i)` and fits a
+    generalized Pareto tail to the importance ratios
+    :math:`p(x_i, z^{(s)}) / q(z^{(s)} \mid x_i)` (``arviz.psislw``). :math:`\hat k < 0.5`:
+    the guide is a good proposal for that data point's posterior; :math:`0.5 \le \hat k
+    \le 0.7`: usable; :math:`> 0.7`: poor (Yao et al., 2018). Per-datum values avoid the
+    joint weights' collapse that a single :math:`\hat k` over a whole data set suffers from.
+
+    Returns:
+        ``(N,)`` NumPy array of :math:`\hat k`.
+    """
+    if not isinstance(num_particles, int) or num_particles < 10:
+        raise ValueError(f"guide_khat: num_particles must be an int >= 10, got {num_particles!r}")
+    data = _prepare(model, data)
+    with torch.no_grad(), _with_rng(seed):
+        torch.manual_seed(seed)
+        nesting, _ = _structure(model, data)
+        particles = pyro.plate("num_particles", num_particles, dim=-nesting - 1)
+        guide_trace = poutine.trace(particles(model.guide)).get_trace(*data)
+        model_trace = poutine.trace(
+            poutine.replay(particles(model.model), trace=guide_trace)).get_trace(*data)
+        log_weight = 0.0
+        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+            trace.compute_log_prob()
+            for site in trace.nodes.values():
+                if site["type"] == "sample" and not site_is_subsample(site):
+                    log_weight = log_weight + sign * _per_datum(site["log_prob"])
+    _, khat = _arviz().psislw(log_weight.T.cpu().double().numpy())
+    return np.asarray(khat)

@@ -1,0 +1,112 @@
+"""The contract every learnable pyrocrl model follows."""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import torch
+from pyro.nn import PyroModule
+
+
+class IdentifiabilityWarning(UserWarning):
+    """The data or model violates a condition that identifiability theory needs."""
+
+
+class LatentVariableModel(PyroModule):
+    """Base class: a Pyro generative model with its amortized guide.
+
+    Derived classes must implement
+
+    * ``model(x, u=None, num_data=None)``: the generative program, with latent sample site
+      ``"z"`` and observed site ``"x"`` inside :meth:`data_plate`;
+    * ``guide(x, u=None, num_data=None)``: the amortized posterior ``q(z | x, ...)`` with the
+      same latent site names;
+    * ``posterior(x, u=None) -> (loc, scale)``: the parameters of ``q(z | x, ...)``;
+
+    and may extend :meth:`check_data`. ``num_data`` is the size of the full data set when
+    ``x`` is a minibatch: the ``"data"`` plate then scales the batch's log-densities by
+    ``num_data / batch_size`` (:func:`pyrocrl.inference.fit_svi` passes it).
+
+    Parameters live in the module (``model.parameters()``), never in Pyro's global param
+    store, so two models in one process cannot collide.
+    """
+
+    def __init__(self, obs_dim: int, latent_dim: int):
+        super().__init__()
+        for name, value in [("obs_dim", obs_dim), ("latent_dim", latent_dim)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, "
+                                 f"got {value!r}")
+        self.obs_dim = obs_dim
+        self.latent_dim = latent_dim
+
+    # -- shared pieces -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @staticmethod
+    def data_plate(batch_size: int, num_data: int | None = None, device=None) -> pyro.plate:
+        """Plate ``"data"`` over the batch, scaled to ``num_data`` samples when given."""
+        if num_data is None or num_data == batch_size:
+            return pyro.plate("data", batch_size, device=device)
+        index = torch.arange(batch_size, device=device)
+        return pyro.plate("data", num_data, subsample=index, device=device)
+
+    def check_data(self, x, u=None) -> None:
+        """Raise ``TypeError``/``ValueError`` naming the argument if the data do not fit.
+
+        Called by :func:`~pyrocrl.inference.fit_svi` once before training and by
+        :meth:`encode`; the training step itself does not re-check.
+        """
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: x must be a floating-point tensor, got dtype {x.dtype}")
+        if x.ndim != 2 or x.shape[-1] != self.obs_dim:
+            raise ValueError(f"{name}: x must have shape (N, obs_dim={self.obs_dim}), "
+                             f"got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: x is empty")
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name}: x contains {int(bad.sum())} NaN/inf values "
+                             f"(first in row {row}); clean or impute them before fitting")
+        if u is not None:
+            if not isinstance(u, torch.Tensor):
+                raise TypeError(f"{name}: u must be a torch.Tensor, got {type(u).__name__}")
+            if u.shape[:1] != x.shape[:1] or u.ndim != 1:
+                raise ValueError(f"{name}: u must have shape (N,) = ({x.shape[0]},) to match x, "
+                                 f"got {tuple(u.shape)}")
+
+    def posterior(self, x, u=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior mean of the latents, ``(N, latent_dim)``, on ``x``'s device."""
+        self.check_data(x, u)
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.device
+            loc, _ = self.posterior(x.to(device), None if u is None else u.to(device))
+        finally:
+            self.train(was_training)
+        return loc.to(x.device)
+
+
+def warn_if_too_few_domains(name: str, latent_dim: int, num_domains: int) -> None:
+    """Warn when fewer than ``2n + 1`` domains are available (seed 001's condition)."""
+    needed = 2 * latent_dim + 1
+    if num_domains < needed:
+        warnings.warn(
+            f"{name}: {num_domains} domains for {latent_dim} latents; sufficient variability "
+            f"needs at least 2n+1 = {needed} diverse domains, so the latents may not be "
+            f"identifiable",
+            IdentifiabilityWarning,
+            stacklevel=3,
+        )
