@@ -32,8 +32,8 @@ def _prepare(model, data):
     check = getattr(model, "check_data", None)
     if check is not None:
         check(*data)
-    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else None
-    return tuple(None if d is None or device is None else d.to(device) for d in data)
+    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    return tuple(d if d is None or param is None else d.to(param.device) for d in data)
 
 
 def _structure(model, data):

@@ -15,7 +15,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import JitTrace_ELBO, Trace_ELBO
+from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
@@ -84,7 +84,7 @@ def _check_positive_int(name, value, allow_none=False):
         raise ValueError(f"fit_svi: {name} must be a positive int, got {value!r}")
 
 
-def _check_data(model, data: Sequence, what: str) -> int:
+def _check_data(model, data: Sequence, what: str, training: bool = False) -> int:
     tensors = [d for d in data if d is not None]
     if not tensors:
         raise ValueError(f"fit_svi: {what} needs at least one data tensor")
@@ -97,7 +97,9 @@ def _check_data(model, data: Sequence, what: str) -> int:
         if d is not None and d.shape[0] != n:
             raise ValueError(f"fit_svi: every {what} tensor must have the same length along "
                              f"dim 0; argument 0 has {n}, argument {i} has {d.shape[0]}")
-    check = getattr(model, "check_data", None)
+    check = getattr(model, "check_training_data" if training else "check_data", None)
+    if check is None:
+        check = getattr(model, "check_data", None)
     if check is not None:
         check(*data)
     return n
@@ -166,7 +168,6 @@ def fit_svi(
     clip_norm: float | None = None,
     kl_warmup: int = 0,
     num_particles: int = 1,
-    jit: bool = False,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
@@ -203,7 +204,6 @@ def fit_svi(
         kl_warmup: linearly anneal the latent sites' log-densities (the KL term) from
             ``1/kl_warmup`` to 1 over this many steps.
         num_particles: ELBO particles per step.
-        jit: use ``JitTrace_ELBO`` (opt-in; fixed batch shapes).
         checkpoint: path of a checkpoint file, written every ``checkpoint_every`` steps, at
             the end, on a non-finite loss and on ``KeyboardInterrupt``. It holds parameters,
             optimizer state, RNG states, the minibatch order, the step and the histories.
@@ -244,7 +244,7 @@ def fit_svi(
                          "held-out ELBO, never ground truth)")
     if resume and checkpoint is None:
         raise ValueError("fit_svi: resume=True needs a checkpoint path")
-    num_data = _check_data(model, data, "data")
+    num_data = _check_data(model, data, "data", training=True)
     if validation is not None:
         validation = (validation,) if isinstance(validation, torch.Tensor) else tuple(validation)
         if len(validation) != len(data):
@@ -270,11 +270,7 @@ def fit_svi(
     if not takes_num_data and batch_size < num_data:
         model_fn = poutine.scale(model_fn, scale=num_data / batch_size)
         guide_fn = poutine.scale(guide_fn, scale=num_data / batch_size)
-    elbo_options = {"num_particles": num_particles, "vectorize_particles": num_particles > 1}
-    if jit:
-        elbo_options["ignore_jit_warnings"] = True
-    elbo = (JitTrace_ELBO if jit else Trace_ELBO)(**elbo_options)
-    eval_elbo = Trace_ELBO(**{k: v for k, v in elbo_options.items() if k != "ignore_jit_warnings"})
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     annealing = _ScaleLatents(1.0)
 
     def loss_fn(args, kwargs):
@@ -349,7 +345,7 @@ def fit_svi(
             for lo in range(0, num_val, 4096):
                 chunk = tuple(None if v is None else v[lo:lo + 4096] for v in validation)
                 n = next(v for v in chunk if v is not None).shape[0]
-                total += float(eval_elbo.loss(model.model, model.guide, *chunk))
+                total += float(elbo.loss(model.model, model.guide, *chunk))
                 count += n
         return total / count
 
@@ -362,7 +358,13 @@ def fit_svi(
     try:
         while step < num_steps:
             annealing.factor = min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
-            loss = loss_fn(*batch_args(batches.next()))
+            try:
+                loss = loss_fn(*batch_args(batches.next()))
+            except ValueError as error:
+                # With validation on, a NaN reaches a distribution's parameters first.
+                if "invalid values" not in str(error):
+                    raise
+                loss = torch.tensor(float("nan"))
             value = loss.detach().item()
             optimizer.zero_grad(set_to_none=True)
             if math.isfinite(value):

@@ -82,6 +82,11 @@ class LatentVariableModel(PyroModule):
                 raise ValueError(f"{name}: u must have shape (N,) = ({x.shape[0]},) to match x, "
                                  f"got {tuple(u.shape)}")
 
+    def check_training_data(self, *data) -> None:
+        """:meth:`check_data` plus warnings that only matter for the data a model is fitted
+        on (e.g. too few domains for identifiability). :func:`fit_svi` calls this."""
+        self.check_data(*data)
+
     def posterior(self, x, u=None):  # pragma: no cover - abstract
         raise NotImplementedError
 

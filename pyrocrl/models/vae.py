@@ -144,7 +144,11 @@ class IVAE(_GaussianVAE):
         if low < 0 or high >= self.num_domains:
             raise ValueError(f"IVAE: u must take values in [0, num_domains={self.num_domains}), "
                              f"got values in [{low}, {high}]")
-        warn_if_too_few_domains("IVAE (data)", self.latent_dim, int(u.unique().numel()))
+
+    def check_training_data(self, x, u=None):
+        self.check_data(x, u)
+        warn_if_too_few_domains("IVAE (training data)", self.latent_dim,
+                                int(u.unique().numel()))
 
     def encoder_input(self, x, u):
         return torch.cat([x, F.one_hot(u.long(), self.num_domains).to(x.dtype)], dim=-1)

@@ -69,6 +69,7 @@ def nonstationary_sources(
     mean_range: tuple[float, float] | None = None,
     mixing: str = "leaky_mlp",
     mixing_weights: str = "condition",
+    negative_slope: float = 0.2,
     observation_noise: float = 0.0,
     standardize: bool = True,
 ) -> Dataset:
@@ -96,6 +97,7 @@ def nonstationary_sources(
         mean_range: range of the per-domain source means, or ``None`` for zero means.
         mixing: a name in :data:`pyrocrl.simulate.MIXINGS`.
         mixing_weights: ``"condition"`` or ``"orthogonal"``.
+        negative_slope: slope of the mixing's leaky ReLUs for negative inputs.
         observation_noise: standard deviation of additive Gaussian noise on ``x`` (in the
             units of the standardized ``x``).
         standardize: rescale the mixing's last layer so that every feature of the
@@ -128,7 +130,7 @@ def nonstationary_sources(
             noise=noise,
         )
         g = make_mixing(mixing, num_latents, obs_dim, seed=seed, num_layers=mixing_layers,
-                        weights=mixing_weights)
+                        weights=mixing_weights, negative_slope=negative_slope)
         u = torch.arange(num_domains).repeat_interleave(samples_per_domain)
         z = process.model(u)
         with torch.no_grad():
@@ -142,6 +144,7 @@ def nonstationary_sources(
         seed=seed, process=process, mixing=g, noise=noise, num_domains=num_domains,
         samples_per_domain=samples_per_domain, variance_range=variance_range,
         mean_range=mean_range, mixing_layers=mixing_layers, mixing_weights=mixing_weights,
+        negative_slope=negative_slope,
         observation_noise=observation_noise, standardize=standardize,
     )
     return Dataset(x=x, z=z, u=u, info=info)

@@ -1,0 +1,94 @@
+"""B12: the cost of Pyro. ``fit_svi``'s step time vs a hand-written pure-PyTorch loss of the
+same IVAE ELBO, measured in one process, interleaved, on the same data and modules.
+
+The pure-PyTorch step samples z ~ q(z | x, u) by reparameterization and computes
+log p(x | z) + log p(z | u) - log q(z | x, u) with torch.distributions, scaled to the full data
+set like the plate does; both use torch.optim.Adam on the same parameters. The ratio is the
+median over rounds of (fit_svi seconds per step) / (pure-PyTorch seconds per step).
+Target: <= 1.25x.
+
+    python benchmarks/overhead.py
+    python benchmarks/overhead.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import pyro
+import torch
+from _common import write
+from torch.distributions import Normal
+
+from pyrocrl import simulate
+from pyrocrl.inference import fit_svi
+from pyrocrl.models import IVAE
+
+
+def torch_steps(model: IVAE, x, u, num_steps: int, batch_size: int) -> float:
+    """Seconds per step of a hand-written IVAE ELBO with Adam (no Pyro involved)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    num_data = x.shape[0]
+    start = time.perf_counter()
+    for _ in range(num_steps):
+        index = torch.randint(0, num_data, (batch_size,))
+        xb, ub = x[index], u[index]
+        loc, scale = model.posterior(xb, ub)
+        z = loc + scale * torch.randn_like(loc)
+        log_lik = Normal(model.decoder(z), model.obs_scale).log_prob(xb).sum(-1)
+        log_prior = Normal(model.prior_loc[ub], model.prior_scale[ub]).log_prob(z).sum(-1)
+        log_q = Normal(loc, scale).log_prob(z).sum(-1)
+        loss = -(num_data / batch_size) * (log_lik + log_prior - log_q).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / num_steps
+
+
+def pyro_steps(model: IVAE, x, u, num_steps: int, batch_size: int) -> float:
+    result = fit_svi(model, x, u, num_steps=num_steps, batch_size=batch_size, progress=False,
+                     device="cpu")
+    return result.time_s / num_steps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
+
+    ds = simulate.nonstationary_sources(num_latents=5, num_domains=40, samples_per_domain=1000,
+                                        seed=0)
+    pyro.set_rng_seed(0)
+    model = IVAE(5, 5, 40)
+    timings = {"torch": [], "fit_svi": []}
+    torch_steps(model, ds.x, ds.u, steps // 4 + 1, args.batch_size)  # warm-up
+    pyro_steps(model, ds.x, ds.u, steps // 4 + 1, args.batch_size)
+    for _ in range(rounds):
+        timings["torch"].append(torch_steps(model, ds.x, ds.u, steps, args.batch_size))
+        timings["fit_svi"].append(pyro_steps(model, ds.x, ds.u, steps, args.batch_size))
+    ratio = float(np.median(np.array(timings["fit_svi"]) / np.array(timings["torch"])))
+    payload = {
+        "setting": {"model": "IVAE(5, 5, 40), hidden 64 x 3 layers", "batch_size":
+                    args.batch_size, "steps_per_round": steps, "rounds": rounds},
+        "ms_per_step": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
+        "ratio_to_torch": ratio, "target_ratio": 1.25, "timings_s_per_step": timings,
+    }
+    path = write("overhead" if not args.quick else "overhead_quick", payload, args.out)
+    print("ms/step: " + ", ".join(f"{k} {v:.2f}" for k, v in payload["ms_per_step"].items()))
+    print(f"fit_svi / pure torch = {ratio:.2f}x; wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from pyrocrl.cli import main
+
+sys.exit(main())

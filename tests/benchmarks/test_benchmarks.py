@@ -1,0 +1,29 @@
+"""Every benchmark script runs in its cheap mode, and none is left out."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("_"))
+COVERED = ["ivae", "overhead"]
+
+
+def test_every_benchmark_is_covered():
+    assert SCRIPTS == sorted(COVERED), "add new benchmark scripts to COVERED"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", COVERED)
+def test_benchmark_quick_mode(name, tmp_path):
+    load(name).main(["--quick", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / f"{name}_quick.json").read_text())
+    assert result["machine"]["cores"] >= 1 and result["benchmark"] == f"{name}_quick"

@@ -1,0 +1,213 @@
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.nn import PyroModule, PyroParam
+
+from pyrocrl import simulate
+from pyrocrl.inference import NonFiniteLossError, fit_svi, resolve_device
+from pyrocrl.inference.svi import _ScaleLatents
+from pyrocrl.models import IVAE, VAE
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return simulate.nonstationary_sources(num_latents=2, num_domains=6, samples_per_domain=100,
+                                          seed=0)
+
+
+def fit(model, ds, **kw):
+    kw.setdefault("num_steps", 40)
+    kw.setdefault("batch_size", 64)
+    kw.setdefault("progress", False)
+    return fit_svi(model, ds.x, ds.u, **kw)
+
+
+def test_loss_decreases_and_result_fields(dataset):
+    model = IVAE(2, 2, 6)
+    result = fit(model, dataset, num_steps=300, learning_rate=3e-3, log_every=50)
+    assert result.losses.shape == (300,) and result.num_steps == 300
+    assert result.losses[-50:].mean() < result.losses[:50].mean() - 0.5
+    assert result.device == "cpu" and result.time_s > 0
+    assert result.best_step is None and result.validation_losses == []
+
+
+def test_progress_false_prints_nothing(dataset, capsys):
+    fit(VAE(2, 2), dataset, num_steps=5)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_progress_bar_shows_running_loss(dataset, capsys):
+    fit(VAE(2, 2), dataset, num_steps=20, log_every=10, progress=True)
+    assert "loss=" in capsys.readouterr().err
+
+
+def test_resume_reproduces_uninterrupted_run_exactly(dataset, tmp_path):
+    common = dict(num_steps=60, log_every=10, checkpoint_every=20, kl_warmup=30, seed=3,
+                  validation=(dataset.x[:100], dataset.u[:100]))
+    pyro.set_rng_seed(11)
+    straight = IVAE(2, 2, 6)
+    full = fit(straight, dataset, checkpoint=tmp_path / "a.pt", **common)
+
+    pyro.set_rng_seed(11)
+    interrupted = IVAE(2, 2, 6)
+    first = fit(interrupted, dataset, checkpoint=tmp_path / "b.pt", **{**common, "num_steps": 30})
+    assert first.num_steps == 30
+    pyro.set_rng_seed(999)  # a fresh process would have another RNG state; it must not matter
+    resumed_model = IVAE(2, 2, 6)
+    resumed = fit(resumed_model, dataset, checkpoint=tmp_path / "b.pt", resume=True, **common)
+
+    np.testing.assert_array_equal(resumed.losses, full.losses)
+    assert resumed.validation_losses == full.validation_losses
+    for (name, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_without_a_checkpoint_file_starts_fresh(dataset, tmp_path):
+    result = fit(VAE(2, 2), dataset, num_steps=5, checkpoint=tmp_path / "new.pt", resume=True)
+    assert result.num_steps == 5 and (tmp_path / "new.pt").exists()
+
+
+def test_resume_rejects_a_different_batch_size(dataset, tmp_path):
+    fit(VAE(2, 2), dataset, num_steps=5, checkpoint=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(VAE(2, 2), dataset, num_steps=10, batch_size=32, checkpoint=tmp_path / "c.pt",
+            resume=True)
+
+
+class Exploding(PyroModule):
+    """A Gaussian-mean model whose loss turns NaN on its ``explode_at``-th call."""
+
+    def __init__(self, explode_at):
+        super().__init__()
+        self.loc = PyroParam(torch.zeros(()))
+        self.calls, self.explode_at, self.history = 0, explode_at, []
+
+    def model(self, x):
+        self.calls += 1
+        self.history.append(self.loc.detach().clone())
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
+        if self.calls > self.explode_at:
+            pyro.factor("boom", torch.tensor(float("nan")))
+
+    def guide(self, x):
+        pass
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_state(tmp_path, validation):
+    """With Pyro's validation on, the NaN surfaces as a distribution ValueError; off, as a NaN
+    loss. Both must stop with the step named and the last good state kept."""
+    pyro.enable_validation(validation)
+    x = torch.randn(50) + 3.0
+    model = Exploding(explode_at=8)  # call 1 collects parameters; step k is call k + 2
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7 .*kept") as error:
+        fit_svi(model, x, num_steps=50, batch_size=None, progress=False, learning_rate=0.1,
+                checkpoint=tmp_path / "nan.pt")
+    assert "written to" in str(error.value)
+    # the model holds the parameters the failing step started from (after step 6's update)
+    assert model.loc.item() == pytest.approx(model.history[-1].item())
+    assert model.loc.item() > 0.5  # it did learn before the failure
+    saved = torch.load(tmp_path / "nan.pt", weights_only=False)
+    assert saved["step"] == 7 and len(saved["losses"]) == 7
+    assert torch.isfinite(torch.tensor(saved["losses"])).all()
+
+
+def test_users_own_pyro_model_with_global_params():
+    """A plain Pyro model (pyro.param, no num_data argument): the whole ELBO is scaled."""
+    x = torch.randn(400) * 0.5 + 2.0
+
+    class Mean:
+        def model(self, x):
+            loc = pyro.param("loc", torch.tensor(0.0))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(loc, 0.5), obs=x)
+
+        def guide(self, x):
+            pass
+
+    result = fit_svi(Mean(), x, num_steps=400, batch_size=50, learning_rate=0.05,
+                     progress=False)
+    assert pyro.param("loc").item() == pytest.approx(x.mean().item(), abs=0.05)
+    # loss per data point at the optimum is the Gaussian NLL at the MLE
+    nll = -dist.Normal(x.mean(), 0.5).log_prob(x).mean().item()
+    assert result.losses[-100:].mean() == pytest.approx(nll, abs=0.1)
+
+
+def test_validation_selects_best_held_out_state_and_early_stops(dataset):
+    train, val = dataset.split(0.8, seed=0)
+    model = IVAE(2, 2, 6)
+    result = fit(model, train, num_steps=2000, log_every=20, learning_rate=3e-2,
+                 validation=(val.x, val.u), patience=3)
+    steps, losses = zip(*result.validation_losses)
+    assert result.best_step == steps[int(np.argmin(losses))]
+    if result.stopped_early:
+        assert result.num_steps < 2000 and result.num_steps - result.best_step == 3 * 20
+
+
+def test_kl_warmup_scales_only_latent_sites():
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+
+    plain = poutine.trace(model).get_trace()
+    scaled = poutine.trace(poutine.replay(_ScaleLatents(0.25)(model), trace=plain)).get_trace()
+    plain.compute_log_prob()
+    scaled.compute_log_prob()
+    torch.testing.assert_close(scaled.nodes["z"]["log_prob_sum"],
+                               0.25 * plain.nodes["z"]["log_prob_sum"])
+    torch.testing.assert_close(scaled.nodes["x"]["log_prob_sum"], plain.nodes["x"]["log_prob_sum"])
+
+
+class CountingIVAE(IVAE):
+    def guide(self, *args, **kwargs):
+        raise AssertionError("training started before the input was checked")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_steps": 0}, "num_steps"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"learning_rate": -1.0}, "learning_rate"),
+    ({"clip_norm": 0.0}, "clip_norm"),
+    ({"kl_warmup": -5}, "kl_warmup"),
+    ({"patience": 3}, "patience needs validation"),
+    ({"resume": True}, "resume=True needs a checkpoint"),
+])
+def test_bad_arguments_fail_before_training(dataset, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fit(CountingIVAE(2, 2, 6), dataset, **kwargs)
+
+
+def test_bad_data_fails_before_training(dataset):
+    model = CountingIVAE(2, 2, 6)
+    with pytest.raises(ValueError, match="same length along dim 0"):
+        fit_svi(model, dataset.x, dataset.u[:10], progress=False)
+    with pytest.raises(ValueError, match="u is required"):
+        fit_svi(model, dataset.x, progress=False)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fit_svi(model, dataset.x.numpy(), dataset.u, progress=False)
+    with pytest.raises(ValueError, match="validation must hold as many"):
+        fit_svi(model, dataset.x, dataset.u, validation=dataset.x, progress=False)
+    with pytest.raises(TypeError, match="callable .model and .guide"):
+        fit_svi(object(), dataset.x)
+
+
+def test_resolve_device():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_fit_on_gpu(dataset):
+    model = IVAE(2, 2, 6)
+    result = fit(model, dataset, num_steps=50, device="auto")
+    assert result.device.startswith("cuda") and model.device.type == "cuda"
+    assert model.encode(dataset.x, dataset.u).device == dataset.x.device

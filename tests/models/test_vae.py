@@ -1,0 +1,116 @@
+import pytest
+import torch
+from pyro import poutine
+
+from pyrocrl.models import IVAE, VAE, IdentifiabilityWarning
+
+
+@pytest.fixture
+def data():
+    x = torch.randn(64, 4)
+    u = torch.arange(64) % 9
+    return x, u
+
+
+def build(kind):
+    return VAE(4, 2) if kind == "vae" else IVAE(4, 2, num_domains=9)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ivae"])
+def test_guide_covers_every_latent_site(kind, data):
+    model = build(kind)
+    model_trace = poutine.trace(model.model).get_trace(*data)
+    guide_trace = poutine.trace(model.guide).get_trace(*data)
+    latent = {name for name, site in model_trace.nodes.items()
+              if site["type"] == "sample" and not site["is_observed"]
+              and not poutine.util.site_is_subsample(site)}
+    guided = {name for name, site in guide_trace.nodes.items()
+              if site["type"] == "sample" and not poutine.util.site_is_subsample(site)}
+    assert latent == guided == {"z"}
+    assert model_trace.nodes["x"]["is_observed"]
+    assert model_trace.nodes["z"]["value"].shape == (64, 2)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ivae"])
+def test_data_plate_scales_minibatch_to_num_data(kind, data):
+    model = build(kind)
+    guide_trace = poutine.trace(model.guide).get_trace(*data)
+    replayed = poutine.replay(model.model, trace=guide_trace)
+    full = poutine.trace(replayed).get_trace(*data).log_prob_sum()
+    scaled = poutine.trace(replayed).get_trace(*data, num_data=640).log_prob_sum()
+    torch.testing.assert_close(scaled, 10 * full)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ivae"])
+def test_encode_returns_posterior_mean_without_grad(kind, data):
+    model = build(kind)
+    z = model.encode(*data)
+    assert z.shape == (64, 2) and not z.requires_grad
+    torch.testing.assert_close(z, model.posterior(*data)[0].detach())
+    assert model.training  # encode restores the mode
+
+
+def test_parameters_stay_in_the_module_not_the_param_store(data):
+    import pyro
+
+    a, b = IVAE(4, 2, 9), IVAE(4, 2, 9)
+    with torch.no_grad():
+        a.prior_loc_unconstrained.fill_(3.0)
+    poutine.trace(b.model).get_trace(*data)
+    assert torch.all(b.prior_loc == 0.0), "two models shared a parameter"
+    assert len(pyro.get_param_store()) == 0
+
+
+def test_ivae_prior_is_conditional_and_vae_prior_isotropic(data):
+    ivae = IVAE(4, 2, 9)
+    with torch.no_grad():
+        ivae.prior_scale_unconstrained[3].fill_(1.0)  # scale e for domain 3
+    x, u = data
+    prior = ivae.prior(u, x)
+    assert torch.allclose(prior.base_dist.scale[u == 3], torch.tensor(torch.e))
+    assert torch.allclose(prior.base_dist.scale[u != 3], torch.tensor(1.0))
+    # the isotropic prior is rotation invariant: the root of the VAE's non-identifiability
+    vae_prior = VAE(4, 2).prior(None, x)
+    rotation = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    z = torch.randn(64, 2)
+    torch.testing.assert_close(vae_prior.log_prob(z), vae_prior.log_prob(z @ rotation.T))
+
+
+@pytest.mark.parametrize("kind", ["vae", "ivae"])
+@pytest.mark.parametrize("x, match", [
+    (torch.randn(64, 5), r"x must have shape \(N, obs_dim=4\)"),
+    (torch.randn(64), r"x must have shape"),
+    (torch.full((64, 4), float("nan")), "NaN"),
+    (torch.zeros(64, 4, dtype=torch.long), "floating-point"),
+])
+def test_bad_x(kind, x, match, data):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build(kind).check_data(x, data[1])
+
+
+@pytest.mark.parametrize("u, error, match", [
+    (None, ValueError, "u is required"),
+    (torch.arange(64) % 12, ValueError, r"u must take values in \[0, num_domains=9\)"),
+    (-(torch.arange(64) % 9), ValueError, "u must take values"),
+    (torch.zeros(64), TypeError, "integer"),
+    (torch.zeros(10, dtype=torch.long), ValueError, r"u must have shape \(N,\) = \(64,\)"),
+])
+def test_bad_u(u, error, match, data):
+    with pytest.raises(error, match=match):
+        IVAE(4, 2, 9).check_data(data[0], u)
+
+
+def test_too_few_domains_warns(data):
+    with pytest.warns(IdentifiabilityWarning, match="2n\\+1 = 5"):
+        IVAE(4, 2, num_domains=3)
+    model = IVAE(4, 2, num_domains=9)
+    with pytest.warns(IdentifiabilityWarning, match="2 domains"):
+        model.check_training_data(data[0], torch.arange(64) % 2)
+
+
+@pytest.mark.parametrize("args, match", [((0, 2), "obs_dim"), ((4, 2.0), "latent_dim")])
+def test_bad_constructor_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        VAE(*args)
+    with pytest.raises(ValueError, match="num_domains"):
+        IVAE(4, 2, num_domains=0)
