@@ -11,7 +11,8 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import Predictive
-from pyro.poutine.util import site_is_subsample
+
+from pyrocrl.inference.importance import log_weights, per_datum, plate_structure
 
 if TYPE_CHECKING:
     import arviz
@@ -34,31 +35,6 @@ def _prepare(model, data):
         check(*data)
     param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
     return tuple(d if d is None or param is None else d.to(param.device) for d in data)
-
-
-def _structure(model, data):
-    """Trace guide and model once: the plate nesting depth, the observed site names, and
-    the size of plate "data"."""
-    guide_trace = poutine.trace(model.guide).get_trace(*data)
-    model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(*data)
-    nesting, observed = 0, []
-    for trace in (guide_trace, model_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            frames = [f for f in site["cond_indep_stack"] if f.vectorized]
-            nesting = max([nesting] + [-f.dim for f in frames])
-            if trace is model_trace and site["is_observed"]:
-                observed.append(name)
-            if not any(f.name == "data" for f in site["cond_indep_stack"]):
-                raise ValueError(f"site {name!r} is not inside plate 'data'; per-datum "
-                                 f"posterior checks need every sample site to be local")
-    return nesting, observed
-
-
-def _per_datum(log_prob: torch.Tensor) -> torch.Tensor:
-    """``(samples, N, ...)`` log-densities -> ``(samples, N)``, summing the inner plates."""
-    return log_prob.reshape(log_prob.shape[0], log_prob.shape[1], -1).sum(-1)
 
 
 def _dims(name: str, ndim: int, observed: bool) -> list[str]:
@@ -100,7 +76,7 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
     try:
         with torch.no_grad(), _with_rng(seed):
             torch.manual_seed(seed)
-            nesting, observed = _structure(model, data)
+            nesting, observed = plate_structure(model.model, model.guide, data)
             samples = Predictive(poutine.uncondition(model.model), guide=model.guide,
                                  num_samples=num_samples, parallel=True)(*data)
             latents = {k: v for k, v in samples.items() if k not in observed}
@@ -109,7 +85,7 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
             trace = poutine.trace(conditioned).get_trace(*data)
             trace.compute_log_prob()
             observed_values = {k: trace.nodes[k]["value"] for k in observed}
-            log_lik = {k: _per_datum(trace.nodes[k]["log_prob"]) for k in observed}
+            log_lik = {k: per_datum(trace.nodes[k]["log_prob"]) for k in observed}
     finally:
         if isinstance(model, torch.nn.Module):
             model.train(was_training)
@@ -150,16 +126,8 @@ def guide_khat(model, *data, num_particles: int = 1000, seed: int = 0) -> np.nda
     data = _prepare(model, data)
     with torch.no_grad(), _with_rng(seed):
         torch.manual_seed(seed)
-        nesting, _ = _structure(model, data)
-        particles = pyro.plate("num_particles", num_particles, dim=-nesting - 1)
-        guide_trace = poutine.trace(particles(model.guide)).get_trace(*data)
-        model_trace = poutine.trace(
-            poutine.replay(particles(model.model), trace=guide_trace)).get_trace(*data)
-        log_weight = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            trace.compute_log_prob()
-            for site in trace.nodes.values():
-                if site["type"] == "sample" and not site_is_subsample(site):
-                    log_weight = log_weight + sign * _per_datum(site["log_prob"])
+        nesting, _ = plate_structure(model.model, model.guide, data)
+        log_weight = log_weights(model.model, model.guide, data, num_particles=num_particles,
+                                 nesting=nesting)
     _, khat = _arviz().psislw(log_weight.T.cpu().double().numpy())
     return np.asarray(khat)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -16,9 +18,20 @@ from pyrocrl.nn import mlp
 class _GaussianVAE(LatentVariableModel):
     """Shared encoder/decoder; subclasses choose the prior and what the encoder sees."""
 
-    def __init__(self, obs_dim, latent_dim, aux_dim, hidden_dim, num_layers, init_obs_scale):
+    def __init__(self, obs_dim, latent_dim, aux_dim, hidden_dim, num_layers, init_obs_scale,
+                 init_posterior_scale):
         super().__init__(obs_dim, latent_dim)
+        for name, value in [("init_obs_scale", init_obs_scale),
+                            ("init_posterior_scale", init_posterior_scale)]:
+            if not value > 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be positive, got {value}")
         self.encoder = mlp(obs_dim + aux_dim, 2 * latent_dim, hidden_dim, num_layers)
+        # Start from sharp posteriors and little observation noise: with obs_dim close to
+        # latent_dim, a model that starts noisy explains low-variance directions of x with
+        # noise and never uses every latent (partial posterior collapse).
+        with torch.no_grad():
+            raw = math.log(math.expm1(init_posterior_scale))  # inverse softplus
+            self.encoder[-1].bias[latent_dim:].fill_(raw)
         self.decoder = mlp(latent_dim, obs_dim, hidden_dim, num_layers)
         self.obs_scale = PyroParam(torch.full((obs_dim,), float(init_obs_scale)),
                                    constraint=constraints.positive)
@@ -66,7 +79,8 @@ class VAE(_GaussianVAE):
         obs_dim: D.
         latent_dim: n.
         hidden_dim, num_layers: MLP sizes of the encoder and the decoder.
-        init_obs_scale: initial observation noise standard deviation.
+        init_obs_scale: initial observation noise standard deviation (learned).
+        init_posterior_scale: initial posterior standard deviation of the encoder.
 
     References:
         1. Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -75,8 +89,10 @@ class VAE(_GaussianVAE):
     """
 
     def __init__(self, obs_dim: int, latent_dim: int, hidden_dim: int = 64,
-                 num_layers: int = 3, init_obs_scale: float = 0.1):
-        super().__init__(obs_dim, latent_dim, 0, hidden_dim, num_layers, init_obs_scale)
+                 num_layers: int = 3, init_obs_scale: float = 0.02,
+                 init_posterior_scale: float = 0.05):
+        super().__init__(obs_dim, latent_dim, 0, hidden_dim, num_layers, init_obs_scale,
+                         init_posterior_scale)
 
     def prior(self, u, x):
         zeros = x.new_zeros(x.shape[0], self.latent_dim)
@@ -106,7 +122,10 @@ class IVAE(_GaussianVAE):
         num_domains: number of values of the auxiliary variable ``u``. Fewer than
             ``2 * latent_dim + 1`` raises an :class:`IdentifiabilityWarning`.
         hidden_dim, num_layers: MLP sizes of the encoder and the decoder.
-        init_obs_scale: initial observation noise standard deviation.
+        init_obs_scale: initial observation noise standard deviation (learned). Start small:
+            a noisy start lets the model explain low-variance directions of ``x`` as noise
+            and leave a latent unused.
+        init_posterior_scale: initial posterior standard deviation of the encoder.
         learn_prior_mean: learn :math:`\lambda` (else fixed at 0: variance modulation only).
 
     References:
@@ -117,12 +136,12 @@ class IVAE(_GaussianVAE):
     """
 
     def __init__(self, obs_dim: int, latent_dim: int, num_domains: int, hidden_dim: int = 64,
-                 num_layers: int = 3, init_obs_scale: float = 0.1,
-                 learn_prior_mean: bool = True):
+                 num_layers: int = 3, init_obs_scale: float = 0.02,
+                 init_posterior_scale: float = 0.05, learn_prior_mean: bool = True):
         if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
             raise ValueError(f"IVAE: num_domains must be a positive int, got {num_domains!r}")
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
-                         init_obs_scale)
+                         init_obs_scale, init_posterior_scale)
         self.num_domains = num_domains
         warn_if_too_few_domains("IVAE", latent_dim, num_domains)
         prior_loc = torch.zeros(num_domains, latent_dim)
