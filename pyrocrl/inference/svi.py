@@ -19,6 +19,8 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from pyrocrl.inference.importance import log_weights, plate_structure
+
 __all__ = ["FitResult", "NonFiniteLossError", "fit_svi", "resolve_device"]
 
 
@@ -106,35 +108,32 @@ def _check_data(model, data: Sequence, what: str, training: bool = False) -> int
 
 
 class _Batches:
-    """Shuffled minibatches, epoch by epoch, from a private seeded generator (its state is
-    part of the checkpoint, so a resumed run draws the same batches)."""
+    """Shuffled minibatches, epoch by epoch. The batch of a step is a function of
+    ``(seed, step)`` alone (each epoch's permutation comes from its own seeded generator), so a
+    resumed or interrupted run draws exactly the batches of an uninterrupted one."""
 
     def __init__(self, num_data: int, batch_size: int, seed: int):
-        self.num_data, self.batch_size = num_data, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(num_data, generator=self.generator)
-        self.cursor = 0
+        self.num_data, self.batch_size, self.seed = num_data, batch_size, seed
+        self.per_epoch = num_data // batch_size
+        self._epoch, self._perm = None, None
 
-    def next(self) -> torch.Tensor:
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.num_data, generator=generator)
+        return self._perm
+
+    def at(self, step: int) -> torch.Tensor | None:
+        """Indices of the batch of ``step``; ``None`` means all the data, in order."""
         if self.batch_size == self.num_data:
-            return self.perm
-        if self.cursor + self.batch_size > self.num_data:
-            self.perm = torch.randperm(self.num_data, generator=self.generator)
-            self.cursor = 0
-        index = self.perm[self.cursor:self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return index
-
-    def state(self):
-        return {"generator": self.generator.get_state(), "perm": self.perm, "cursor": self.cursor}
-
-    def load(self, state):
-        self.generator.set_state(state["generator"])
-        self.perm, self.cursor = state["perm"], state["cursor"]
+            return None
+        epoch, k = divmod(step, self.per_epoch)
+        return self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
 
 
-def _rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+def _rng_state(torch_state=None):
+    state = {"torch": torch.get_rng_state() if torch_state is None else torch_state,
+             "numpy": np.random.get_state(),
              "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -161,6 +160,7 @@ def fit_svi(
     num_steps: int = 5000,
     batch_size: int | None = 256,
     learning_rate: float = 1e-3,
+    learning_rate_decay: float = 1.0,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: bool = True,
@@ -168,6 +168,7 @@ def fit_svi(
     clip_norm: float | None = None,
     kl_warmup: int = 0,
     num_particles: int = 1,
+    elbo: str = "trace",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
@@ -195,7 +196,10 @@ def fit_svi(
         num_steps: total number of gradient steps (with ``resume``, counted from the start of
             the original run).
         batch_size: minibatch size; ``None`` or more than N uses the full data.
-        learning_rate: Adam's step size.
+        learning_rate: Adam's step size at the start.
+        learning_rate_decay: the step size at the last step, as a fraction of
+            ``learning_rate``; it decays geometrically in between (``1.0``: constant). It is a
+            function of the step alone, so resuming reproduces it.
         seed: seeds Pyro/torch/NumPy and the minibatch order.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
         progress: show a tqdm bar with the running loss.
@@ -203,7 +207,12 @@ def fit_svi(
         clip_norm: clip the global gradient norm to this value.
         kl_warmup: linearly anneal the latent sites' log-densities (the KL term) from
             ``1/kl_warmup`` to 1 over this many steps.
-        num_particles: ELBO particles per step.
+        num_particles: particles per data point and step.
+        elbo: ``"trace"``: the standard ELBO (``Trace_ELBO``, averaged over particles);
+            ``"iwae"``: the importance-weighted bound
+            :math:`\log \frac1K \sum_k p(x_i, z^{(k)}_i) / q(z^{(k)}_i \mid x_i)` per data
+            point (Burda et al., 2016) with ``K = num_particles >= 2``, which is tighter and
+            less biased by a factorized guide; needs every sample site in plate ``"data"``.
         checkpoint: path of a checkpoint file, written every ``checkpoint_every`` steps, at
             the end, on a non-finite loss and on ``KeyboardInterrupt``. It holds parameters,
             optimizer state, RNG states, the minibatch order, the step and the histories.
@@ -235,10 +244,17 @@ def fit_svi(
     _check_positive_int("patience", patience, allow_none=True)
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
         raise ValueError(f"fit_svi: learning_rate must be a positive number, got {learning_rate!r}")
+    if not (isinstance(learning_rate_decay, (int, float)) and 0 < learning_rate_decay <= 1):
+        raise ValueError(f"fit_svi: learning_rate_decay must lie in (0, 1], "
+                         f"got {learning_rate_decay!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"fit_svi: clip_norm must be positive or None, got {clip_norm!r}")
     if not isinstance(kl_warmup, int) or kl_warmup < 0:
         raise ValueError(f"fit_svi: kl_warmup must be an int >= 0, got {kl_warmup!r}")
+    if elbo not in ("trace", "iwae"):
+        raise ValueError(f"fit_svi: elbo must be 'trace' or 'iwae', got {elbo!r}")
+    if elbo == "iwae" and num_particles < 2:
+        raise ValueError(f"fit_svi: elbo='iwae' needs num_particles >= 2, got {num_particles}")
     if patience is not None and validation is None:
         raise ValueError("fit_svi: patience needs validation data (early stopping uses the "
                          "held-out ELBO, never ground truth)")
@@ -270,20 +286,38 @@ def fit_svi(
     if not takes_num_data and batch_size < num_data:
         model_fn = poutine.scale(model_fn, scale=num_data / batch_size)
         guide_fn = poutine.scale(guide_fn, scale=num_data / batch_size)
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    trace_elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     annealing = _ScaleLatents(1.0)
 
-    def loss_fn(args, kwargs):
-        return elbo.differentiable_loss(annealing(model_fn), annealing(guide_fn), *args, **kwargs)
-
     def batch_args(index):
-        args = tuple(None if d is None else d[index] for d in data)
+        args = data if index is None else tuple(None if d is None else d[index] for d in data)
         return args, ({"num_data": num_data} if takes_num_data else {})
+
+    if elbo == "iwae":
+        probe = batch_args(torch.arange(min(2, num_data)))
+        nesting, _ = plate_structure(model.model, model.guide, *probe)
+
+        def negative_bound(args, kwargs=None, latent_factor=1.0):
+            """Minus the importance-weighted bound, summed over the batch (unscaled)."""
+            weights = log_weights(model.model, model.guide, args, kwargs,
+                                  num_particles=num_particles, nesting=nesting,
+                                  latent_factor=latent_factor)
+            return -(torch.logsumexp(weights, 0) - math.log(num_particles)).sum()
+
+        def loss_fn(args, kwargs):
+            return num_data / batch_size * negative_bound(args, kwargs, annealing.factor)
+    else:
+        def negative_bound(args, kwargs=None, latent_factor=1.0):
+            return trace_elbo.loss(model.model, model.guide, *args)
+
+        def loss_fn(args, kwargs):
+            return trace_elbo.differentiable_loss(annealing(model_fn), annealing(guide_fn),
+                                                  *args, **kwargs)
 
     # Collect parameters: the module's own, plus pyro.param sites of user models.
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
     with poutine.trace(param_only=True) as param_capture:
-        loss_fn(*batch_args(batches.perm[:batch_size]))
+        loss_fn(*batch_args(batches.at(0)))
     seen = {id(p) for p in params}
     for name in sorted(param_capture.trace.nodes):
         p = param_capture.trace.nodes[name]["value"].unconstrained()
@@ -322,16 +356,17 @@ def fit_svi(
                              f"call has batch_size={batch_size} and {num_data}")
         load_state(saved["state"])
         optimizer.load_state_dict(saved["optimizer"])
-        batches.load(saved["batches"])
         _set_rng_state(saved["rng"])
         losses, history, best = list(saved["losses"]), list(saved["history"]), saved["best"]
         start = saved["step"]
 
-    def write_checkpoint(step):
+    def write_checkpoint(step, torch_rng=None):
+        """``torch_rng``: the RNG state to store, when not the current one (a step that was
+        interrupted halfway is stored as not yet begun)."""
         if checkpoint is not None:
             _save(checkpoint, {
                 "step": step, "state": state(), "optimizer": optimizer.state_dict(),
-                "batches": batches.state(), "rng": _rng_state(), "losses": losses,
+                "rng": _rng_state(torch_rng), "losses": losses,
                 "history": history, "best": best, "batch_size": batch_size,
                 "num_data": num_data,
             })
@@ -345,7 +380,7 @@ def fit_svi(
             for lo in range(0, num_val, 4096):
                 chunk = tuple(None if v is None else v[lo:lo + 4096] for v in validation)
                 n = next(v for v in chunk if v is not None).shape[0]
-                total += float(elbo.loss(model.model, model.guide, *chunk))
+                total += float(negative_bound(chunk))
                 count += n
         return total / count
 
@@ -354,12 +389,17 @@ def fit_svi(
                dynamic_ncols=True, leave=False)
     stopped_early = False
     step = start
+    step_rng = None
     t0 = time.perf_counter()
     try:
         while step < num_steps:
+            step_rng = torch.get_rng_state()  # so an interrupted step can be replayed exactly
             annealing.factor = min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
+            if learning_rate_decay != 1.0:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate * learning_rate_decay ** (step / num_steps)
             try:
-                loss = loss_fn(*batch_args(batches.next()))
+                loss = loss_fn(*batch_args(batches.at(step)))
             except ValueError as error:
                 # With validation on, a NaN reaches a distribution's parameters first.
                 if "invalid values" not in str(error):
@@ -374,7 +414,7 @@ def fit_svi(
                              if clip_norm is not None else torch.nn.utils.get_total_norm(grads))
             if not math.isfinite(value) or not torch.isfinite(grad_norm):
                 what = f"loss is {value}" if not math.isfinite(value) else "gradient is not finite"
-                write_checkpoint(step)
+                write_checkpoint(step, step_rng)
                 saved_to = f" and written to {checkpoint}" if checkpoint is not None else ""
                 raise NonFiniteLossError(
                     f"fit_svi: {what} at step {step} (0-based, of {num_steps}); the parameters "
@@ -403,7 +443,7 @@ def fit_svi(
             if stopped_early:
                 break
     except KeyboardInterrupt:
-        write_checkpoint(step)
+        write_checkpoint(step, step_rng)
         raise
     finally:
         bar.close()

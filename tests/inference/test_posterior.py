@@ -5,11 +5,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.nn import PyroModule
 
 from pyrocrl import simulate
 from pyrocrl.inference import fit_svi, guide_khat, to_inference_data
 from pyrocrl.models import IVAE
+
+from .toy_models import Conjugate
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -77,25 +78,6 @@ def test_same_seed_same_draws_and_caller_rng_untouched(fitted):
     assert torch.equal(torch.rand(2), expected)
     b = to_inference_data(model, x, u, num_samples=5, seed=3)
     np.testing.assert_array_equal(a.posterior["z"].values, b.posterior["z"].values)
-
-
-class Conjugate(PyroModule):
-    """z ~ N(0, 1), x | z ~ N(z, 0.5^2); the exact posterior is N(0.8 x, 0.2). The guide is
-    that posterior with its scale multiplied by ``width``."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.width = width
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
-
-    def guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.8 * x, self.width * 0.2**0.5))
 
 
 def test_khat_passes_exact_guide_and_flags_a_too_narrow_one():

@@ -11,6 +11,8 @@ from pyrocrl.inference import NonFiniteLossError, fit_svi, resolve_device
 from pyrocrl.inference.svi import _ScaleLatents
 from pyrocrl.models import IVAE, VAE
 
+from .toy_models import Conjugate
+
 
 @pytest.fixture(scope="module")
 def dataset():
@@ -45,23 +47,40 @@ def test_progress_bar_shows_running_loss(dataset, capsys):
     assert "loss=" in capsys.readouterr().err
 
 
-def test_resume_reproduces_uninterrupted_run_exactly(dataset, tmp_path):
+class InterruptedIVAE(IVAE):
+    """Raises KeyboardInterrupt (a user's Ctrl-C) halfway through training step ``at``."""
+
+    def __init__(self, *args, at):
+        super().__init__(*args)
+        self.at, self.training_calls = at, 0
+
+    def guide(self, x, u=None, num_data=None):
+        if torch.is_grad_enabled():  # training steps, not validation
+            self.training_calls += 1
+            if self.training_calls == self.at + 2:  # call 1 collects the parameters
+                pyro.sample("noise", dist.Normal(0.0, 1.0))  # consume RNG mid-step
+                raise KeyboardInterrupt
+        return super().guide(x, u, num_data)
+
+
+def test_resume_after_interrupt_reproduces_uninterrupted_run_exactly(dataset, tmp_path):
     common = dict(num_steps=60, log_every=10, checkpoint_every=20, kl_warmup=30, seed=3,
-                  validation=(dataset.x[:100], dataset.u[:100]))
+                  learning_rate_decay=0.1, validation=(dataset.x[:100], dataset.u[:100]))
     pyro.set_rng_seed(11)
     straight = IVAE(2, 2, 6)
     full = fit(straight, dataset, checkpoint=tmp_path / "a.pt", **common)
 
     pyro.set_rng_seed(11)
-    interrupted = IVAE(2, 2, 6)
-    first = fit(interrupted, dataset, checkpoint=tmp_path / "b.pt", **{**common, "num_steps": 30})
-    assert first.num_steps == 30
+    with pytest.raises(KeyboardInterrupt):
+        fit(InterruptedIVAE(2, 2, 6, at=33), dataset, checkpoint=tmp_path / "b.pt", **common)
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["step"] == 33
     pyro.set_rng_seed(999)  # a fresh process would have another RNG state; it must not matter
     resumed_model = IVAE(2, 2, 6)
     resumed = fit(resumed_model, dataset, checkpoint=tmp_path / "b.pt", resume=True, **common)
 
     np.testing.assert_array_equal(resumed.losses, full.losses)
     assert resumed.validation_losses == full.validation_losses
+    assert resumed.best_step == full.best_step
     for (name, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -163,6 +182,35 @@ def test_kl_warmup_scales_only_latent_sites():
     torch.testing.assert_close(scaled.nodes["x"]["log_prob_sum"], plain.nodes["x"]["log_prob_sum"])
 
 
+@pytest.mark.parametrize("elbo, num_particles", [("trace", 1), ("trace", 4), ("iwae", 8)])
+def test_loss_is_exact_negative_log_likelihood_under_the_exact_posterior(elbo, num_particles):
+    """With q = p(z | x) every importance weight equals p(x): both bounds are exact, so the
+    reported loss must be -mean log p(x), whatever the particles."""
+    x = torch.randn(30) * 1.1
+    model = Conjugate(width=1.0)
+    result = fit_svi(model, x, num_steps=1, batch_size=None, elbo=elbo,
+                     num_particles=num_particles, progress=False)
+    expected = -model.log_marginal(x).mean().item()
+    np.testing.assert_allclose(result.losses[0], expected, rtol=1e-5)
+
+
+def test_iwae_is_tighter_than_the_elbo_for_a_narrow_guide():
+    x = torch.randn(200)
+    model = Conjugate(width=0.5)
+    common = dict(num_steps=1, batch_size=None, progress=False)
+    trace = fit_svi(model, x, num_particles=64, **common).losses[0]
+    iwae = fit_svi(model, x, elbo="iwae", num_particles=64, **common).losses[0]
+    exact = -model.log_marginal(x).mean().item()
+    assert exact < iwae < trace
+
+
+def test_iwae_trains_ivae_with_minibatches(dataset):
+    result = fit(IVAE(2, 2, 6), dataset, num_steps=100, elbo="iwae", num_particles=4,
+                 learning_rate=3e-3, validation=(dataset.x[::7], dataset.u[::7]), log_every=50)
+    assert result.losses[-20:].mean() < result.losses[:20].mean()
+    assert len(result.validation_losses) == 2
+
+
 class CountingIVAE(IVAE):
     def guide(self, *args, **kwargs):
         raise AssertionError("training started before the input was checked")
@@ -172,9 +220,12 @@ class CountingIVAE(IVAE):
     ({"num_steps": 0}, "num_steps"),
     ({"batch_size": 0}, "batch_size"),
     ({"learning_rate": -1.0}, "learning_rate"),
+    ({"learning_rate_decay": 0.0}, "learning_rate_decay"),
     ({"clip_norm": 0.0}, "clip_norm"),
     ({"kl_warmup": -5}, "kl_warmup"),
     ({"patience": 3}, "patience needs validation"),
+    ({"elbo": "renyi"}, "elbo must be"),
+    ({"elbo": "iwae"}, "num_particles >= 2"),
     ({"resume": True}, "resume=True needs a checkpoint"),
 ])
 def test_bad_arguments_fail_before_training(dataset, kwargs, match):

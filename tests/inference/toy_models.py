@@ -1,0 +1,29 @@
+"""Small models with known answers, shared by the inference tests."""
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+
+class Conjugate(PyroModule):
+    """z ~ N(0, 1), x | z ~ N(z, 0.5^2); the exact posterior is N(0.8 x, 0.2). The guide is
+    that posterior with its scale multiplied by ``width``."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.shift = torch.nn.Parameter(torch.zeros(()))  # 0: exact; learnable for fit_svi
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.8 * x + self.shift, self.width * 0.2**0.5))
+
+    def log_marginal(self, x):
+        """The exact log p(x): x ~ N(0, 1 + 0.5^2)."""
+        return dist.Normal(0.0, 1.25**0.5).log_prob(x)
