@@ -4,6 +4,6 @@ Every diagnostic accepts NumPy arrays or torch tensors, says what equivalence it
 to, and never selects anything using ground truth unless an argument says so.
 """
 
-from pyrocrl.diagnostics.identifiability import Score, affine_r2, mcc
+from pyrocrl.diagnostics.identifiability import Score, affine_r2, mcc, rotation_margin
 
-__all__ = ["Score", "affine_r2", "mcc"]
+__all__ = ["Score", "affine_r2", "mcc", "rotation_margin"]

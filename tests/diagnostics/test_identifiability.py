@@ -130,3 +130,35 @@ def test_affine_r2_scores_held_out_fit(sources):
     squashed = np.tanh(3 * sources)  # monotone but far from affine
     r = affine_r2(sources, squashed)
     assert 0.5 < float(r) < 0.95 and r.per_dim.shape == (4,)
+
+
+def test_rotation_margin_is_zero_without_variability_and_grows_with_it():
+    from pyrocrl import simulate
+    from pyrocrl.diagnostics import rotation_margin
+
+    def margin(variance_range, num_domains=20):
+        ds = simulate.nonstationary_sources(num_latents=3, num_domains=num_domains,
+                                            samples_per_domain=2000, seed=0,
+                                            variance_range=variance_range)
+        return rotation_margin(ds.z, ds.u)
+
+    # one variance for all domains: the factorial Gaussian prior is rotation invariant
+    assert abs(float(margin((1.0, 1.0)))) < 0.01
+    # the margin grows with the spread of the variances across domains
+    narrow, wide = margin((0.5, 3.0)), margin((0.1, 10.0))
+    assert 0.02 < float(narrow) < float(wide)
+    assert narrow.pairwise.shape == (3, 3) and np.allclose(narrow.pairwise, narrow.pairwise.T)
+
+
+def test_rotation_margin_matches_a_hand_computed_two_domain_case():
+    """Two domains; in domain a the variances are (4, 1), in domain b (1, 4). Rotating by 45
+    degrees makes both coordinates variance 2.5 in each domain, so the mean Gaussian
+    log-likelihood drops by 0.5 * (2 log 2.5 - log 4) = log(2.5) - log(2) nats."""
+    from pyrocrl.diagnostics import rotation_margin
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200000, 2)) * [2.0, 1.0]
+    b = rng.standard_normal((200000, 2)) * [1.0, 2.0]
+    z = np.concatenate([a, b])
+    u = np.repeat([0, 1], 200000)
+    assert float(rotation_margin(z, u)) == pytest.approx(np.log(2.5) - np.log(2.0), abs=0.005)

@@ -1,0 +1,21 @@
+"""Every tutorial runs end to end in its smoke mode, and none is left out."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "tutorials"
+TUTORIALS = ["01_identifiability_ivae_vs_vae.py"]
+
+
+def test_every_tutorial_is_covered():
+    assert sorted(p.name for p in ROOT.glob("[0-9]*.py")) == sorted(TUTORIALS)
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_runs_in_smoke_mode(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROCRL_SMOKE", "1")
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(ROOT / name), run_name="__main__")
+    assert any((tmp_path / "tutorials" / "figures").glob("*.png"))
