@@ -310,9 +310,13 @@ def fit_svi(
         def negative_bound(args, kwargs=None, latent_factor=1.0):
             return trace_elbo.loss(model.model, model.guide, *args)
 
+        annealed_model, annealed_guide = annealing(model_fn), annealing(guide_fn)
+
         def loss_fn(args, kwargs):
-            return trace_elbo.differentiable_loss(annealing(model_fn), annealing(guide_fn),
-                                                  *args, **kwargs)
+            if annealing.factor == 1.0:  # skip the messenger once warm-up is over
+                return trace_elbo.differentiable_loss(model_fn, guide_fn, *args, **kwargs)
+            return trace_elbo.differentiable_loss(annealed_model, annealed_guide, *args,
+                                                  **kwargs)
 
     # Collect parameters: the module's own, plus pyro.param sites of user models.
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
