@@ -75,7 +75,7 @@ class _ScaleLatents(Messenger):
         self.factor = factor
 
     def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
+        if self.factor != 1.0 and msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.factor * msg["scale"]
 
 
@@ -215,7 +215,8 @@ def fit_svi(
             less biased by a factorized guide; needs every sample site in plate ``"data"``.
         checkpoint: path of a checkpoint file, written every ``checkpoint_every`` steps, at
             the end, on a non-finite loss and on ``KeyboardInterrupt``. It holds parameters,
-            optimizer state, RNG states, the minibatch order, the step and the histories.
+            optimizer state, RNG states, the step and the histories (the minibatch of a step
+            is a function of ``seed`` and the step, so it needs no state).
         checkpoint_every: defaults to ``log_every * 10``.
         resume: continue from ``checkpoint`` if that file exists (else start fresh). On CPU a
             resumed run reproduces the uninterrupted run's losses exactly.
@@ -313,8 +314,6 @@ def fit_svi(
         annealed_model, annealed_guide = annealing(model_fn), annealing(guide_fn)
 
         def loss_fn(args, kwargs):
-            if annealing.factor == 1.0:  # skip the messenger once warm-up is over
-                return trace_elbo.differentiable_loss(model_fn, guide_fn, *args, **kwargs)
             return trace_elbo.differentiable_loss(annealed_model, annealed_guide, *args,
                                                   **kwargs)
 
