@@ -15,7 +15,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
@@ -41,6 +41,9 @@ class FitResult:
         stopped_early: whether ``patience`` ran out before ``num_steps``.
         time_s: wall-clock seconds of the training loop (this call only).
         device: where the model trained.
+        metrics: for the plain-torch trainers (``fit_sae``, ``fit_next_token``): each
+            tracked quantity averaged over every ``log_every`` steps, with the steps in
+            ``metrics["step"]``.
     """
 
     losses: np.ndarray
@@ -49,6 +52,7 @@ class FitResult:
     stopped_early: bool = False
     time_s: float = 0.0
     device: str = "cpu"
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def num_steps(self) -> int:
@@ -212,7 +216,10 @@ def fit_svi(
             ``"iwae"``: the importance-weighted bound
             :math:`\log \frac1K \sum_k p(x_i, z^{(k)}_i) / q(z^{(k)}_i \mid x_i)` per data
             point (Burda et al., 2016) with ``K = num_particles >= 2``, which is tighter and
-            less biased by a factorized guide; needs every sample site in plate ``"data"``.
+            less biased by a factorized guide; needs every sample site in plate ``"data"``;
+            ``"traceenum"``: ``TraceEnum_ELBO`` for models whose discrete latents are marked
+            ``infer={"enumerate": "parallel"}`` and summed out exactly (e.g.
+            :class:`pyrocrl.models.DiscreteConceptModel`; one plate level, ``"data"``).
         checkpoint: path of a checkpoint file, written every ``checkpoint_every`` steps, at
             the end, on a non-finite loss and on ``KeyboardInterrupt``. It holds parameters,
             optimizer state, RNG states, the step and the histories (the minibatch of a step
@@ -252,8 +259,8 @@ def fit_svi(
         raise ValueError(f"fit_svi: clip_norm must be positive or None, got {clip_norm!r}")
     if not isinstance(kl_warmup, int) or kl_warmup < 0:
         raise ValueError(f"fit_svi: kl_warmup must be an int >= 0, got {kl_warmup!r}")
-    if elbo not in ("trace", "iwae"):
-        raise ValueError(f"fit_svi: elbo must be 'trace' or 'iwae', got {elbo!r}")
+    if elbo not in ("trace", "iwae", "traceenum"):
+        raise ValueError(f"fit_svi: elbo must be 'trace', 'iwae' or 'traceenum', got {elbo!r}")
     if elbo == "iwae" and num_particles < 2:
         raise ValueError(f"fit_svi: elbo='iwae' needs num_particles >= 2, got {num_particles}")
     if patience is not None and validation is None:
@@ -287,7 +294,12 @@ def fit_svi(
     if not takes_num_data and batch_size < num_data:
         model_fn = poutine.scale(model_fn, scale=num_data / batch_size)
         guide_fn = poutine.scale(guide_fn, scale=num_data / batch_size)
-    trace_elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    if elbo == "traceenum":
+        trace_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
+                                    vectorize_particles=num_particles > 1)
+    else:
+        trace_elbo = Trace_ELBO(num_particles=num_particles,
+                                vectorize_particles=num_particles > 1)
     annealing = _ScaleLatents(1.0)
 
     def batch_args(index):

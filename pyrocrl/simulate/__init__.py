@@ -1,15 +1,21 @@
 """Ground-truth generative processes written as Pyro programs with fixed, seeded
 parameters. Every simulator takes ``seed=`` and returns a :class:`Dataset`."""
 
+from pyrocrl.simulate.concepts import ConceptNetwork, counterfactual_pairs, discrete_concepts
 from pyrocrl.simulate.dataset import Dataset
+from pyrocrl.simulate.graphs import random_dag
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
 from pyrocrl.simulate.sources import NonstationarySources, nonstationary_sources
 
 __all__ = [
     "MIXINGS",
+    "ConceptNetwork",
     "Dataset",
     "LeakyReLUMLPMixing",
     "NonstationarySources",
+    "counterfactual_pairs",
+    "discrete_concepts",
     "make_mixing",
     "nonstationary_sources",
+    "random_dag",
 ]
