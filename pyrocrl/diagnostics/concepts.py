@@ -126,17 +126,17 @@ def posterior_linearity(features, log_posterior, test_size: float = 0.5, seed: i
     _same_samples(fn, "features", x, "log_posterior", y)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size,
                                                         random_state=seed)
-    if len(x_test) < 2 or len(x_train) <= x.shape[1]:
+    if not alpha >= 0:
+        raise ValueError(f"{fn}: alpha must be >= 0, got {alpha}")
+    if len(x_test) < 2 or (alpha == 0 and len(x_train) <= x.shape[1]):
         raise ValueError(f"{fn}: {x.shape[0]} samples are too few for a held-out affine fit of "
                          f"{x.shape[1]} feature dimensions (need more than {x.shape[1]} "
-                         f"training and at least 2 test samples)")
+                         f"training and at least 2 test samples; or use alpha > 0)")
     sst = ((y_test - y_test.mean(0)) ** 2).sum(0)
     varying = sst > 1e-12 * max(1.0, float(np.abs(y_test).max()) ** 2) * len(y_test)
     if not varying.any():
         raise ValueError(f"{fn}: every column of log_posterior (shape {y.shape}) is constant on "
                          f"the test split; there is nothing for the features to explain")
-    if not alpha >= 0:
-        raise ValueError(f"{fn}: alpha must be >= 0, got {alpha}")
     regression = LinearRegression() if alpha == 0 else Ridge(alpha=alpha)
     sse = ((y_test - regression.fit(x_train, y_train).predict(x_test)) ** 2).sum(0)
     per_output = np.full(y.shape[1], np.nan)

@@ -1,11 +1,16 @@
-"""Model-agnostic machinery: the SVI loop, posterior packaging for ArviZ, guide checks."""
+"""Model-agnostic machinery: the SVI loop, posterior packaging for ArviZ, guide checks, and
+the plain-torch trainers (next-token predictor, sparse autoencoders)."""
 
+from pyrocrl.inference.next_token import fit_next_token
 from pyrocrl.inference.posterior import guide_khat, to_inference_data
+from pyrocrl.inference.sae import fit_sae
 from pyrocrl.inference.svi import FitResult, NonFiniteLossError, fit_svi, resolve_device
 
 __all__ = [
     "FitResult",
     "NonFiniteLossError",
+    "fit_next_token",
+    "fit_sae",
     "fit_svi",
     "guide_khat",
     "resolve_device",

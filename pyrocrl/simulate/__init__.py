@@ -3,6 +3,7 @@ parameters. Every simulator takes ``seed=`` and returns a :class:`Dataset`."""
 
 from pyrocrl.simulate.concepts import ConceptNetwork, counterfactual_pairs, discrete_concepts
 from pyrocrl.simulate.dataset import Dataset
+from pyrocrl.simulate.dictionary import sparse_dictionary
 from pyrocrl.simulate.graphs import random_dag
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
 from pyrocrl.simulate.sources import NonstationarySources, nonstationary_sources
@@ -18,4 +19,5 @@ __all__ = [
     "make_mixing",
     "nonstationary_sources",
     "random_dag",
+    "sparse_dictionary",
 ]
