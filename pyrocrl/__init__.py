@@ -9,6 +9,8 @@ ambiguity that theory says cannot be removed?
 
 __version__ = "0.1.0"
 
-from pyrocrl import diagnostics, inference, models, nn, simulate  # noqa: E402
+from pyrocrl import diagnostics, distributions, inference, models, nn, simulate  # noqa: E402
 
-__all__ = ["__version__", "diagnostics", "inference", "models", "nn", "simulate"]
+__all__ = [
+    "__version__", "diagnostics", "distributions", "inference", "models", "nn", "simulate",
+]

@@ -99,7 +99,40 @@ class VAE(_GaussianVAE):
         return dist.Normal(zeros, 1.0).to_event(1)
 
 
-class IVAE(_GaussianVAE):
+class ConditionalVAE(_GaussianVAE):
+    """A :class:`_GaussianVAE` whose prior and encoder depend on a discrete auxiliary
+    variable ``u`` (domain, environment) with ``num_domains`` values: shared input checks
+    and the ``(x, one_hot(u))`` encoder input."""
+
+    def __init__(self, obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
+                 init_obs_scale, init_posterior_scale):
+        if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
+            raise ValueError(f"{type(self).__name__}: num_domains must be a positive int, "
+                             f"got {num_domains!r}")
+        super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
+                         init_obs_scale, init_posterior_scale)
+        self.num_domains = num_domains
+
+    def check_data(self, x, u=None):
+        super().check_data(x, u)
+        name = type(self).__name__
+        if u is None:
+            raise ValueError(f"{name}: u is required (the domain index of each sample, "
+                             f"shape ({x.shape[0]},) with values in [0, {self.num_domains})), "
+                             f"got None")
+        if u.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"{name}: u must be an integer tensor of domain indices, "
+                            f"got {u.dtype}")
+        low, high = int(u.min()), int(u.max())
+        if low < 0 or high >= self.num_domains:
+            raise ValueError(f"{name}: u must take values in [0, num_domains="
+                             f"{self.num_domains}), got values in [{low}, {high}]")
+
+    def encoder_input(self, x, u):
+        return torch.cat([x, F.one_hot(u.long(), self.num_domains).to(x.dtype)], dim=-1)
+
+
+class IVAE(ConditionalVAE):
     r"""Identifiable VAE with a conditionally factorial prior :math:`p(z \mid u)`.
 
     .. math::
@@ -138,11 +171,8 @@ class IVAE(_GaussianVAE):
     def __init__(self, obs_dim: int, latent_dim: int, num_domains: int, hidden_dim: int = 64,
                  num_layers: int = 3, init_obs_scale: float = 0.02,
                  init_posterior_scale: float = 0.05, learn_prior_mean: bool = True):
-        if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
-            raise ValueError(f"IVAE: num_domains must be a positive int, got {num_domains!r}")
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
                          init_obs_scale, init_posterior_scale)
-        self.num_domains = num_domains
         warn_if_too_few_domains("IVAE", latent_dim, num_domains)
         prior_loc = torch.zeros(num_domains, latent_dim)
         if learn_prior_mean:
@@ -152,25 +182,9 @@ class IVAE(_GaussianVAE):
         self.prior_scale = PyroParam(torch.ones(num_domains, latent_dim),
                                      constraint=constraints.positive)
 
-    def check_data(self, x, u=None):
-        super().check_data(x, u)
-        if u is None:
-            raise ValueError(f"IVAE: u is required (the domain index of each sample, shape "
-                             f"({x.shape[0]},) with values in [0, {self.num_domains})), got None")
-        if u.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"IVAE: u must be an integer tensor of domain indices, got {u.dtype}")
-        low, high = int(u.min()), int(u.max())
-        if low < 0 or high >= self.num_domains:
-            raise ValueError(f"IVAE: u must take values in [0, num_domains={self.num_domains}), "
-                             f"got values in [{low}, {high}]")
-
     def check_training_data(self, x, u=None):
         self.check_data(x, u)
-        warn_if_too_few_domains("IVAE (training data)", self.latent_dim,
-                                int(u.unique().numel()))
-
-    def encoder_input(self, x, u):
-        return torch.cat([x, F.one_hot(u.long(), self.num_domains).to(x.dtype)], dim=-1)
+        warn_if_too_few_domains("IVAE (training data)", self.latent_dim, int(u.unique().numel()))
 
     def prior(self, u, x):
         return dist.Normal(self.prior_loc[u], self.prior_scale[u]).to_event(1)

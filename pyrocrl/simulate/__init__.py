@@ -5,6 +5,7 @@ from pyrocrl.simulate.concepts import ConceptNetwork, counterfactual_pairs, disc
 from pyrocrl.simulate.dataset import Dataset
 from pyrocrl.simulate.dictionary import sparse_dictionary
 from pyrocrl.simulate.graphs import random_dag
+from pyrocrl.simulate.latent_dag import LatentSEM, latent_dag
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
 from pyrocrl.simulate.sources import NonstationarySources, nonstationary_sources
 
@@ -12,10 +13,12 @@ __all__ = [
     "MIXINGS",
     "ConceptNetwork",
     "Dataset",
+    "LatentSEM",
     "LeakyReLUMLPMixing",
     "NonstationarySources",
     "counterfactual_pairs",
     "discrete_concepts",
+    "latent_dag",
     "make_mixing",
     "nonstationary_sources",
     "random_dag",

@@ -128,3 +128,22 @@ def make_mixing(name: str, latent_dim: int, obs_dim: int, seed: int = 0, **optio
     if name not in MIXINGS:
         raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {name!r}")
     return MIXINGS[name](latent_dim, obs_dim, seed=seed, **options)
+
+
+def mix(z: torch.Tensor, name: str, obs_dim: int, seed: int, standardize: bool = True,
+        observation_noise: float = 0.0, **options) -> tuple[torch.Tensor, nn.Module]:
+    """Push latents ``z`` ``(N, n)`` through a freshly built mixing ``name`` (seeded by
+    ``seed``), optionally rescaling its output so every noise-free feature has unit standard
+    deviation in this sample, then add Gaussian noise of std ``observation_noise``.
+    Returns ``(x, g)``; the RNG in use draws the noise."""
+    if observation_noise < 0:
+        raise ValueError(f"observation_noise must be >= 0, got {observation_noise}")
+    g = make_mixing(name, z.shape[-1], obs_dim, seed=seed, **options)
+    with torch.no_grad():
+        x = g(z)
+        if standardize:
+            g.rescale_output(x.std(0))
+            x = g(z)
+        if observation_noise > 0:
+            x = x + observation_noise * torch.randn_like(x)
+    return x, g

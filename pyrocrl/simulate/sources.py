@@ -11,7 +11,7 @@ import torch
 
 from pyrocrl.simulate._random import seeded
 from pyrocrl.simulate.dataset import Dataset
-from pyrocrl.simulate.mixing import make_mixing
+from pyrocrl.simulate.mixing import mix
 
 NOISES = ("gaussian", "laplace")
 
@@ -129,17 +129,11 @@ def nonstationary_sources(
             torch.as_tensor(variance, dtype=torch.float32).sqrt(),
             noise=noise,
         )
-        g = make_mixing(mixing, num_latents, obs_dim, seed=seed, num_layers=mixing_layers,
-                        weights=mixing_weights, negative_slope=negative_slope)
         u = torch.arange(num_domains).repeat_interleave(samples_per_domain)
         z = process.model(u)
-        with torch.no_grad():
-            x = g(z)
-            if standardize:
-                g.rescale_output(x.std(0))
-                x = g(z)
-            if observation_noise > 0:
-                x = x + observation_noise * torch.randn_like(x)
+        x, g = mix(z, mixing, obs_dim, seed, standardize, observation_noise,
+                   num_layers=mixing_layers, weights=mixing_weights,
+                   negative_slope=negative_slope)
     info = dict(
         seed=seed, process=process, mixing=g, noise=noise, num_domains=num_domains,
         samples_per_domain=samples_per_domain, variance_range=variance_range,

@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("_"))
-COVERED = ["ivae", "margin", "overhead"]
+COVERED = ["concepts", "ivae", "margin", "overhead", "sae"]
 
 
 def test_every_benchmark_is_covered():
