@@ -1,8 +1,14 @@
 """Learnable Pyro models, each with its neural guide in the same module (and, in
 ``models/sae.py``, the plain-torch sparse autoencoders)."""
 
+from pyrocrl.models._causal_vae import LatentCausalVAE
 from pyrocrl.models.base import IdentifiabilityWarning, LatentVariableModel
 from pyrocrl.models.concepts import DiscreteConceptModel, NextTokenPredictor, random_mask
+from pyrocrl.models.linear_causal import (
+    LinearCausalEstimate,
+    linear_causal_disentanglement,
+    linear_causal_disentanglement_from_covariances,
+)
 from pyrocrl.models.sae import (
     BatchTopKSAE,
     L1AnnealingSAE,
@@ -17,6 +23,8 @@ __all__ = [
     "VAE",
     "BatchTopKSAE",
     "L1AnnealingSAE",
+    "LatentCausalVAE",
+    "LinearCausalEstimate",
     "SparseAutoencoder",
     "StructuredSAE",
     "TopKSAE",
@@ -24,5 +32,7 @@ __all__ = [
     "IdentifiabilityWarning",
     "LatentVariableModel",
     "NextTokenPredictor",
+    "linear_causal_disentanglement",
+    "linear_causal_disentanglement_from_covariances",
     "random_mask",
 ]

@@ -39,6 +39,10 @@ class _GaussianVAE(LatentVariableModel):
     def encoder_input(self, x, u):
         return x
 
+    def decode(self, z):
+        """Mean of ``p(x | z)``."""
+        return self.decoder(z)
+
     def prior(self, u, x) -> dist.TorchDistribution:  # pragma: no cover - abstract
         """``p(z | u)`` for the batch ``x``: batch shape ``(N,)``, event shape ``(n,)``."""
         raise NotImplementedError
@@ -52,7 +56,7 @@ class _GaussianVAE(LatentVariableModel):
     def model(self, x, u=None, num_data=None):
         with self.data_plate(x.shape[0], num_data, x.device):
             z = pyro.sample("z", self.prior(u, x))
-            pyro.sample("x", dist.Normal(self.decoder(z), self.obs_scale).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(self.decode(z), self.obs_scale).to_event(1), obs=x)
 
     def guide(self, x, u=None, num_data=None):
         loc, scale = self.posterior(x, u)
