@@ -105,7 +105,7 @@ def test_disentangle_is_exact_on_a_linear_encoder():
 def test_recovers_latents_and_graph_with_linear_mixing(seed):
     """Issue 4's slow-tier check at small scale: 4 latents, one perfect intervention each,
     linear mixing to 8 features: MCC >= 0.85 and SHD <= 1 on each seed."""
-    ds = latent_dag(4, samples_per_env=1500, obs_dim=8, mixing="linear", seed=seed)
+    ds = latent_dag(4, samples_per_env=4000, obs_dim=8, mixing="linear", seed=seed)
     train, test = ds.split(0.8, seed=seed)
     row = fit_latent_causal(train, test, num_steps=3000, seed=seed)
     assert row["mcc_by_target"] >= 0.85 and row["shd"] <= 1, row["stages"]
