@@ -1,9 +1,9 @@
 """Learnable Pyro models, each with its neural guide in the same module (and, in
 ``models/sae.py``, the plain-torch sparse autoencoders)."""
 
-from pyrocrl.models._causal_vae import LatentCausalVAE
 from pyrocrl.models.base import IdentifiabilityWarning, LatentVariableModel
 from pyrocrl.models.concepts import DiscreteConceptModel, NextTokenPredictor, random_mask
+from pyrocrl.models.latent_dag import FactorAnalysis, LatentCausalVAE
 from pyrocrl.models.linear_causal import (
     LinearCausalEstimate,
     linear_causal_disentanglement,
@@ -29,6 +29,7 @@ __all__ = [
     "StructuredSAE",
     "TopKSAE",
     "DiscreteConceptModel",
+    "FactorAnalysis",
     "IdentifiabilityWarning",
     "LatentVariableModel",
     "NextTokenPredictor",

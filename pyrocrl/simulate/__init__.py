@@ -4,6 +4,7 @@ parameters. Every simulator takes ``seed=`` and returns a :class:`Dataset`."""
 from pyrocrl.simulate.concepts import ConceptNetwork, counterfactual_pairs, discrete_concepts
 from pyrocrl.simulate.dataset import Dataset
 from pyrocrl.simulate.dictionary import sparse_dictionary
+from pyrocrl.simulate.factors import FactorProcess, factor_model
 from pyrocrl.simulate.graphs import random_dag
 from pyrocrl.simulate.latent_dag import LatentSEM, latent_dag
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
@@ -13,11 +14,13 @@ __all__ = [
     "MIXINGS",
     "ConceptNetwork",
     "Dataset",
+    "FactorProcess",
     "LatentSEM",
     "LeakyReLUMLPMixing",
     "NonstationarySources",
     "counterfactual_pairs",
     "discrete_concepts",
+    "factor_model",
     "latent_dag",
     "make_mixing",
     "nonstationary_sources",

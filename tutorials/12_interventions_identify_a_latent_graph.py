@@ -1,0 +1,87 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+# ---
+
+# %% [markdown]
+# # 12. Interventions identify a latent causal graph
+#
+# Seed 002's second lesson: with one intervention per latent variable, both the latents and
+# the causal graph among them become identifiable. The data: latents $z$ follow a linear
+# Gaussian SEM on a random DAG, $z_j = \sum_i W_{ij} z_i + s_j \varepsilon_j$; environment
+# $e = 0$ is observational, environment $e = k$ replaces the mechanism of latent $k - 1$
+# (a perfect intervention: its parents are cut, its mean and noise change); a mixing
+# $x = g(z)$ hides everything.
+#
+# `LatentCausalVAE` puts a learnable `LinearSEM` prior per environment (the known targets
+# say which column of $W$ each environment cuts) under a VAE. We fit it in two stages and
+# watch what each stage identifies:
+#
+# 1. **ELBO training** gets the latent *space* (affine R² ≈ 1 with a linear mixing) but, in
+#    our runs, not the individual latents: they stay mixed (MCC ≈ 0.8).
+# 2. **`disentangle`** runs linear causal disentanglement (Squires et al. 2023) on the
+#    encoded training latents: the precision matrices of two environments differ by a
+#    rank-one matrix at the intervened latent, which pins down the remaining linear map
+#    and the graph.
+
+# %%
+import os
+import warnings
+
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+
+from pyrocrl import diagnostics, simulate
+from pyrocrl.experiments import fit_latent_causal
+
+warnings.simplefilter("ignore", RuntimeWarning)
+smoke_test = "CI" in os.environ or "PYROCRL_SMOKE" in os.environ
+os.makedirs("tutorials/figures", exist_ok=True)
+
+ds = simulate.latent_dag(num_latents=4, graph="er", samples_per_env=600 if smoke_test else 4000,
+                         obs_dim=8, mixing="linear", seed=0)
+train, test = ds.split(0.8, seed=0)
+print("targets per environment:", ds.info["targets"])
+print("true weighted graph:\n", ds.graph.round(2))
+
+# %%
+run = fit_latent_causal(train, test, num_steps=50 if smoke_test else 3000, seed=0)
+for stage, scores in run["stages"].items():
+    print(f"{stage:>12}: MCC {scores['mcc']:.3f} (by target {scores['mcc_by_target']:.3f}), "
+          f"affine R2 {scores['affine_r2']:.3f}, SHD {scores['shd']:.0f}")
+model = run["model"]
+
+# %% [markdown]
+# Latent $j$ of the model *is* the variable intervened on in environment $j + 1$, so the
+# MCC "by target" correlates $z_j$ with $\hat z_j$ without any permutation search. The SHD
+# counts a reversed edge once (`diagnostics.shd`).
+
+# %%
+def draw(ax, adjacency, title):
+    graph = nx.DiGraph(np.abs(adjacency) > 0)
+    graph.add_nodes_from(range(len(adjacency)))
+    nx.draw_circular(graph, ax=ax, with_labels=True, node_color="#cde", arrows=True,
+                     labels={i: f"z{i}" for i in graph})
+    ax.set_title(title, fontsize=9)
+
+
+learned = model.graph()
+fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+draw(axes[0], ds.graph, "true graph")
+draw(axes[1], learned, f"learned (SHD {diagnostics.shd(ds.graph, learned):.0f})")
+z_est = model.encode(test.x, test.u).numpy()
+for j in range(4):
+    axes[2].scatter(test.z[:, j], z_est[:, j], s=2, alpha=0.3, label=f"z{j}")
+axes[2].set_xlabel("true latent")
+axes[2].set_ylabel("learned latent (same index)")
+axes[2].legend(fontsize=7, markerscale=4)
+fig.tight_layout()
+fig.savefig("tutorials/figures/12_latent_graph.png", dpi=120)
+
+# %% [markdown]
+# What does not work yet (measured in `benchmarks/latent_dag.py`): through a 3-layer
+# leaky-ReLU mixing the first stage does not reach the latent space up to an affine map, and
+# the second stage cannot repair that. The exact linear estimator alone
+# (`models.linear_causal_disentanglement`) handles linearly mixed data directly.
