@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "tutorials"
-TUTORIALS = ["01_identifiability_ivae_vs_vae.py", "21_discrete_concepts_and_saes.py"]
+TUTORIALS = [
+    "01_identifiability_ivae_vs_vae.py",
+    "11_factor_analysis_anchors.py",
+    "12_interventions_identify_a_latent_graph.py",
+    "21_discrete_concepts_and_saes.py",
+]
 
 
 def test_every_tutorial_is_covered():
