@@ -138,5 +138,8 @@ fig.savefig("tutorials/figures/21_concepts.png", dpi=120)
 # What to take away: on this simulation every concept is linearly readable from the
 # next-token features, as Theorem 3.1 and Corollary 4.3 predict — but also from an untrained
 # network's features, so the simulation does not isolate what training adds. Among the SAEs,
-# the L1-penalised ones match the concept logits best (`benchmarks/results/sae.json` has the
-# numbers over seeds), the seed's ordering.
+# the structured (sparse + low-rank) one matched the concept logits best in our full run of
+# this tutorial (mean PCC 0.65 against 0.31–0.37 for the others); over three seeds of a
+# larger setting (`benchmarks/results/sae.json`) every SAE stays between 0.24 and 0.35 with
+# the structured one highest — the seed's advantage of the L1-annealing SAE over top-k is not
+# reproduced here.
