@@ -17,15 +17,20 @@ For a DAG (``W`` nilpotent) the determinant is 1 and this is the product of the 
 for any ``W`` with :math:`I - W` invertible it is still a normalised Gaussian, so a model can
 learn ``W`` by gradient descent without leaving the family while an acyclicity penalty pushes
 it towards a DAG.
+
+:class:`SpikeAndSlabLasso` is the spike-and-slab lasso prior on nonnegative weights (Ročková &
+George 2018) with the selection indicator summed out, the prior of
+:class:`pyrocrl.models.SparseVAE`'s factor-selection weights.
 """
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
-__all__ = ["LinearSEM"]
+__all__ = ["LinearSEM", "SpikeAndSlabLasso"]
 
 
 class LinearSEM(TorchDistribution):
@@ -99,3 +104,72 @@ class LinearSEM(TorchDistribution):
         return LinearSEM(self.weights.expand(batch_shape + (n, n)),
                          self.bias.expand(batch_shape + (n,)),
                          self.scale.expand(batch_shape + (n,)), validate_args=False)
+
+
+class SpikeAndSlabLasso(dist.TorchDistribution):
+    r"""Spike-and-slab lasso on nonnegative weights, the selection variable summed out.
+
+    .. math::
+        p(w \mid \eta) = \eta\, \lambda_1 e^{-\lambda_1 w}
+                         + (1 - \eta)\, \lambda_0 e^{-\lambda_0 w},\qquad w \ge 0,
+
+    the marginal of :math:`\gamma \sim \operatorname{Bernoulli}(\eta)`,
+    :math:`w \mid \gamma \sim \operatorname{Exponential}(\gamma \lambda_1 + (1 - \gamma)
+    \lambda_0)` with slab rate :math:`\lambda_1` (small: weights that are in) and spike rate
+    :math:`\lambda_0 > \lambda_1` (large: weights that are out). Element-wise; batch shape
+    is the broadcast shape of the arguments.
+
+    Args:
+        inclusion: :math:`\eta \in [0, 1]`, the prior probability that a weight is in.
+        spike_rate: :math:`\lambda_0 > 0`.
+        slab_rate: :math:`\lambda_1 > 0`.
+
+    References:
+        1. Ročková & George, "The Spike-and-Slab LASSO", JASA 2018.
+    """
+
+    arg_constraints = {"inclusion": constraints.unit_interval,
+                       "spike_rate": constraints.positive,
+                       "slab_rate": constraints.positive}
+    support = constraints.nonnegative
+    has_rsample = False
+
+    def __init__(self, inclusion, spike_rate, slab_rate, validate_args=None):
+        self.inclusion, self.spike_rate, self.slab_rate = broadcast_all(inclusion, spike_rate,
+                                                                        slab_rate)
+        super().__init__(self.inclusion.shape, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(SpikeAndSlabLasso, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.inclusion = self.inclusion.expand(batch_shape)
+        new.spike_rate = self.spike_rate.expand(batch_shape)
+        new.slab_rate = self.slab_rate.expand(batch_shape)
+        super(SpikeAndSlabLasso, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def component_log_probs(self, value):
+        """``(log eta + log slab(w), log(1 - eta) + log spike(w))``, each of the batch shape."""
+        slab = torch.log(self.inclusion) + torch.log(self.slab_rate) - self.slab_rate * value
+        spike = torch.log1p(-self.inclusion) + torch.log(self.spike_rate) \
+            - self.spike_rate * value
+        return slab, spike
+
+    def inclusion_probability(self, value):
+        r""":math:`P(\gamma = 1 \mid w, \eta)`: the E-step of Moran et al.'s EM."""
+        slab, spike = self.component_log_probs(value)
+        return torch.sigmoid(slab - spike)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        slab, spike = self.component_log_probs(value)
+        return torch.logaddexp(slab, spike)
+
+    def sample(self, sample_shape=()):
+        shape = self._extended_shape(torch.Size(sample_shape))
+        with torch.no_grad():
+            included = torch.bernoulli(self.inclusion.expand(shape))
+            rate = included * self.slab_rate + (1 - included) * self.spike_rate
+            return torch.empty(shape, dtype=rate.dtype, device=rate.device).exponential_() / rate

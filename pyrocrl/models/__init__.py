@@ -3,7 +3,7 @@
 
 from pyrocrl.models.base import IdentifiabilityWarning, LatentVariableModel
 from pyrocrl.models.concepts import DiscreteConceptModel, NextTokenPredictor, random_mask
-from pyrocrl.models.latent_dag import FactorAnalysis, LatentCausalVAE
+from pyrocrl.models.latent_dag import FactorAnalysis, LatentCausalVAE, SparseVAE
 from pyrocrl.models.linear_causal import (
     LinearCausalEstimate,
     linear_causal_disentanglement,
@@ -26,6 +26,7 @@ __all__ = [
     "LatentCausalVAE",
     "LinearCausalEstimate",
     "SparseAutoencoder",
+    "SparseVAE",
     "StructuredSAE",
     "TopKSAE",
     "DiscreteConceptModel",
