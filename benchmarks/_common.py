@@ -44,3 +44,10 @@ def write(name: str, payload: dict, out: Path | None = None) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save ``fig`` beside the JSON result ``path`` (same name, ``.png``) and say where."""
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+    print(f"wrote {path}")

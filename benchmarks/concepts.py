@@ -28,7 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from _common import mean_std, write
+from _common import mean_std, save_figure, write
 
 from pyrocrl import simulate
 from pyrocrl.experiments import concept_experiment
@@ -111,9 +111,7 @@ def main(argv=None):
     right.set_xticks(range(len(keys)), [k.replace("_", "\nn=") for k in keys], fontsize=7)
     right.set_ylim(0.5, 1.01)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path)
     return chain, graphs
 
 

@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, write
+from _common import mean_std, save_figure, write
 
 from pyrocrl import diagnostics, simulate
 from pyrocrl.experiments import fit_factor_analysis
@@ -78,9 +78,7 @@ def main(argv=None):
     ax.set_ylabel("MCC")
     ax.set_ylim(0.5, 1.01)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path)
     return summary
 
 

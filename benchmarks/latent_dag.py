@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, write
+from _common import mean_std, save_figure, write
 
 from pyrocrl import diagnostics, models, simulate
 from pyrocrl.experiments import fit_latent_causal
@@ -121,9 +121,7 @@ def main(argv=None):
     right.set_xlabel("samples per environment")
     right.set_ylabel("exact graph recovery rate")
     right.set_title("linear causal disentanglement", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path)
     return summary
 
 

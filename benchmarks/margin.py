@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, write
+from _common import mean_std, save_figure, write
 
 from pyrocrl import simulate
 from pyrocrl.diagnostics import rotation_margin
@@ -62,9 +62,7 @@ def main(argv=None):
     ax.set_xlabel("rotation of two true sources (degrees)")
     ax.set_ylabel("likelihood margin (nats / sample)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path)
     return results
 
 

@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import mean_std, write
+from _common import mean_std, save_figure, write
 from sklearn.linear_model import LogisticRegression
 
 from pyrocrl import models, simulate
@@ -126,9 +126,7 @@ def main(argv=None):
         ax.set_ylim(0, 1.02)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    save_figure(fig, path)
     return summary
 
 

@@ -539,6 +539,7 @@ class LatentCausalVAE(ConditionalVAE):
             self.target_weights = nn.Parameter(torch.zeros(num_envs, n))
         # z = latent_map @ z_network + latent_shift: identity until disentangle() sets it
         self.register_buffer("latent_map", torch.eye(n))
+        self.register_buffer("latent_map_inverse", torch.eye(n))  # kept with latent_map
         self.register_buffer("latent_shift", torch.zeros(n))
 
     # -- the network coordinates and the model's ---------------------------------------------
@@ -548,7 +549,7 @@ class LatentCausalVAE(ConditionalVAE):
         return loc @ a.T + self.latent_shift, ((scale**2) @ (a**2).T).sqrt()
 
     def decode(self, z):
-        return self.decoder(torch.linalg.solve(self.latent_map, (z - self.latent_shift).T).T)
+        return self.decoder((z - self.latent_shift) @ self.latent_map_inverse.T)
 
     # -- the prior -------------------------------------------------------------------------
     @property
@@ -614,9 +615,9 @@ class LatentCausalVAE(ConditionalVAE):
             raise ValueError("LatentCausalVAE.disentangle: needs one observational environment "
                              "and exactly one environment intervening on each latent, got "
                              f"targets={self.targets.tolist()}")
-        z_hat = self.encode(x, u).double().cpu().numpy()
+        z_hat = self.encode(x, u).to(self.device)
         env = u.cpu().numpy()
-        estimate = linear_causal_disentanglement(z_hat, env, num_latents=self.latent_dim,
+        estimate = linear_causal_disentanglement(z_hat.double().cpu().numpy(), env, num_latents=self.latent_dim,
                                                  observational=observational[0], refine=refine)
         # estimated latent -> our latent: through the environment that intervenes on it
         order = np.zeros(self.latent_dim, dtype=int)
@@ -629,9 +630,10 @@ class LatentCausalVAE(ConditionalVAE):
         # compose with the current map: z_new = a (M z_net + s) + c
         self.latent_shift.copy_(a @ self.latent_shift + c)
         self.latent_map.copy_(a @ self.latent_map)
+        self.latent_map_inverse.copy_(torch.linalg.inv(self.latent_map))
         weights = torch.as_tensor(estimate.adjacency[np.ix_(order, order)], dtype=a.dtype,
                                   device=a.device)
-        z = self.encode(x, u).to(a.device)
+        z = z_hat @ a.T + c  # = self.encode(x, u) under the new map
         u = u.to(a.device)
         obs = u == observational[0]
         residual = z[obs] - z[obs] @ weights

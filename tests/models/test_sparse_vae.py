@@ -13,6 +13,7 @@ from pyrocrl.diagnostics import mcc
 from pyrocrl.distributions import SpikeAndSlabLasso
 from pyrocrl.inference import fit_svi
 from pyrocrl.models import VAE, IdentifiabilityWarning, SparseVAE
+from tests.models.sites import latent_and_guided_sites
 
 
 @pytest.fixture
@@ -22,13 +23,7 @@ def x():
 
 def test_sites_plate_and_guide_coverage(x):
     model = SparseVAE(6, 3)
-    model_trace = poutine.trace(model.model).get_trace(x)
-    guide_trace = poutine.trace(model.guide).get_trace(x)
-    latent = {name for name, site in model_trace.nodes.items()
-              if site["type"] == "sample" and not site["is_observed"]
-              and not poutine.util.site_is_subsample(site)}
-    guided = {name for name, site in guide_trace.nodes.items()
-              if site["type"] == "sample" and not poutine.util.site_is_subsample(site)}
+    model_trace, latent, guided = latent_and_guided_sites(model, x)
     assert latent == guided == {"z"}
     assert model_trace.nodes["x"]["is_observed"]
     assert model_trace.nodes["z"]["value"].shape == (64, 3)

@@ -3,6 +3,7 @@ import torch
 from pyro import poutine
 
 from pyrocrl.models import IVAE, VAE, IdentifiabilityWarning
+from tests.models.sites import latent_and_guided_sites
 
 
 @pytest.fixture
@@ -19,13 +20,7 @@ def build(kind):
 @pytest.mark.parametrize("kind", ["vae", "ivae"])
 def test_guide_covers_every_latent_site(kind, data):
     model = build(kind)
-    model_trace = poutine.trace(model.model).get_trace(*data)
-    guide_trace = poutine.trace(model.guide).get_trace(*data)
-    latent = {name for name, site in model_trace.nodes.items()
-              if site["type"] == "sample" and not site["is_observed"]
-              and not poutine.util.site_is_subsample(site)}
-    guided = {name for name, site in guide_trace.nodes.items()
-              if site["type"] == "sample" and not poutine.util.site_is_subsample(site)}
+    model_trace, latent, guided = latent_and_guided_sites(model, *data)
     assert latent == guided == {"z"}
     assert model_trace.nodes["x"]["is_observed"]
     assert model_trace.nodes["z"]["value"].shape == (64, 2)
