@@ -21,16 +21,21 @@ it towards a DAG.
 :class:`SpikeAndSlabLasso` is the spike-and-slab lasso prior on nonnegative weights (Ročková &
 George 2018) with the selection indicator summed out, the prior of
 :class:`pyrocrl.models.SparseVAE`'s factor-selection weights.
+
+:class:`TransitionPrior` is the nonparametric latent-dynamics prior of TDRL/LEAP (seed 003),
+the prior of :class:`pyrocrl.models.TemporalVAE`, over whole sequences :math:`z_{1:T}`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.utils import broadcast_all
 
-__all__ = ["LinearSEM", "SpikeAndSlabLasso"]
+__all__ = ["STATE_SPACE_MATRICES", "LinearSEM", "SpikeAndSlabLasso", "TransitionPrior",
+           "check_state_space_matrices"]
 
 
 class LinearSEM(TorchDistribution):
@@ -173,3 +178,129 @@ class SpikeAndSlabLasso(dist.TorchDistribution):
             included = torch.bernoulli(self.inclusion.expand(shape))
             rate = included * self.slab_rate + (1 - included) * self.spike_rate
             return torch.empty(shape, dtype=rate.dtype, device=rate.device).exponential_() / rate
+
+
+class TransitionPrior(TorchDistribution):
+    r"""Density of latent sequences under a learned, component-wise inverse transition.
+
+    .. math::
+        \log p(z_{1:T} \mid u) = \sum_{t=1}^{L} \log \mathcal N(z_t; 0, I)
+            + \sum_{t=L+1}^{T} \sum_{i=1}^{n} \Big[\log p_\epsilon(\epsilon_{t,i})
+            + \log \Big|\frac{\partial \epsilon_{t,i}}{\partial z_{t,i}}\Big|\Big],
+        \qquad \epsilon_t = r(z_t;\ z_{t-L:t-1}, u),\quad p_\epsilon = \mathcal N(0, 1),
+
+    the change of variables of :math:`z_t = f(z_{t-L:t-1}, u, \epsilon_t)` with independent
+    noise (TDRL/LEAP's nonparametric prior). The domain :math:`u` enters through :math:`r`, so
+    noise scales and transition functions may change by domain.
+
+    Args:
+        transition: a :class:`pyrocrl.nn.MonotoneInverseTransition` (or any module with
+            ``forward(z, context, u) -> (eps, log_abs_det)``, ``lag``, ``latent_dim`` and, for
+            :meth:`sample`, ``inverse(eps, context, u)``).
+        u: ``(N,)`` long domain indices, or ``None`` for a stationary transition.
+        seq_len: T, which must exceed the transition's lag.
+        batch_shape: defaults to ``u``'s shape, or ``()`` without ``u``.
+
+    Event shape ``(T, n)``. :meth:`sample` draws forward in time (no gradient). Use it in your
+    own models: ``pyro.sample("z", TransitionPrior(module, u, T))`` inside a data plate.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = False
+
+    def __init__(self, transition, u: torch.Tensor | None, seq_len: int,
+                 batch_shape=None, validate_args=None):
+        lag = transition.lag
+        if not isinstance(seq_len, int) or seq_len <= lag:
+            raise ValueError(f"TransitionPrior: seq_len must be an int greater than the lag "
+                             f"{lag}, got {seq_len!r}")
+        self.transition, self.u, self.seq_len, self.lag = transition, u, seq_len, lag
+        if batch_shape is None:
+            batch_shape = u.shape if u is not None else torch.Size()
+        super().__init__(torch.Size(batch_shape), torch.Size([seq_len, transition.latent_dim]),
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        u = None if self.u is None else self.u.expand(batch_shape)
+        return TransitionPrior(self.transition, u, self.seq_len, batch_shape,
+                               validate_args=False)
+
+    def transition_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """``log p(z_t | z_{t-L:t-1}, u)`` per step ``t > L``: shape ``(..., T - L)``."""
+        lag = self.lag
+        windows = value.unfold(-2, lag + 1, 1).transpose(-1, -2)  # (..., T-L, L+1, n)
+        context, current = windows[..., :lag, :], windows[..., lag, :]
+        u = None if self.u is None else self.u.unsqueeze(-1).expand(current.shape[:-1])
+        eps, log_det = self.transition(current, context, u)
+        return (dist.Normal(0.0, 1.0).log_prob(eps) + log_det).sum(-1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        initial = dist.Normal(0.0, 1.0).log_prob(value[..., :self.lag, :]).sum((-1, -2))
+        return initial + self.transition_log_prob(value).sum(-1)
+
+    @torch.no_grad()
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
+        device = next(self.transition.parameters()).device
+        dtype = next(self.transition.parameters()).dtype
+        z = torch.randn(shape, device=device, dtype=dtype)
+        u = None if self.u is None else self.u.expand(shape[:-2])
+        for t in range(self.lag, self.seq_len):
+            z[..., t, :] = self.transition.inverse(z[..., t, :], z[..., t - self.lag:t, :], u)
+        return z
+
+
+#: The matrices of a linear-Gaussian state-space model, in the order of
+#: :func:`pyrocrl.simulate.linear_gaussian`'s ``info`` and
+#: :class:`pyrocrl.models.LinearGaussianSSM`'s arguments, with their shapes.
+STATE_SPACE_MATRICES = {
+    "transition_matrix": ("state_dim", "state_dim"),
+    "transition_cov": ("state_dim", "state_dim"),
+    "observation_matrix": ("obs_dim", "state_dim"),
+    "observation_cov": ("obs_dim", "obs_dim"),
+    "initial_mean": ("state_dim",),
+    "initial_cov": ("state_dim", "state_dim"),
+}
+
+
+def check_state_space_matrices(owner: str, state_dim: int, obs_dim: int,
+                               **matrices) -> dict[str, torch.Tensor]:
+    """Validate the given state-space matrices (see :data:`STATE_SPACE_MATRICES`): each must
+    be an array of numbers of the stated shape, finite, and, for the ``*_cov`` ones,
+    symmetric positive definite. Returns them as float64 tensors (covariances symmetrized);
+    raises ``ValueError`` naming ``owner`` and the argument otherwise."""
+    unknown = sorted(set(matrices) - set(STATE_SPACE_MATRICES))
+    if unknown:
+        raise ValueError(f"{owner}: unknown matrix argument(s) {unknown}; the matrices are "
+                         f"{list(STATE_SPACE_MATRICES)}")
+    sizes = {"state_dim": state_dim, "obs_dim": obs_dim}
+    checked = {}
+    for name, value in matrices.items():
+        dims = STATE_SPACE_MATRICES[name]
+        shape = tuple(sizes[d] for d in dims)
+        try:
+            tensor = torch.as_tensor(value.detach().cpu() if isinstance(value, torch.Tensor)
+                                     else np.asarray(value), dtype=torch.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{owner}: {name} must be an array of numbers, got "
+                             f"{type(value).__name__} ({error})") from None
+        if tuple(tensor.shape) != shape:
+            names = "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+            raise ValueError(f"{owner}: {name} must have shape {names} = {shape}, "
+                             f"got {tuple(tensor.shape)}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{owner}: {name} contains NaN/inf values")
+        if name.endswith("_cov"):
+            if not torch.allclose(tensor, tensor.T, rtol=1e-6, atol=1e-10):
+                asymmetry = float((tensor - tensor.T).abs().max())
+                raise ValueError(f"{owner}: {name} must be symmetric, got a matrix with "
+                                 f"max |{name} - {name}.T| = {asymmetry:.3g}")
+            tensor = 0.5 * (tensor + tensor.T)
+            smallest = float(torch.linalg.eigvalsh(tensor).min())
+            if not smallest > 0:
+                raise ValueError(f"{owner}: {name} must be positive definite, got smallest "
+                                 f"eigenvalue {smallest:.3g}")
+        checked[name] = tensor
+    return checked

@@ -16,6 +16,7 @@ from pyrocrl.models.sae import (
     StructuredSAE,
     TopKSAE,
 )
+from pyrocrl.models.state_space import DeepMarkovModel, LinearGaussianSSM, TemporalVAE
 from pyrocrl.models.vae import IVAE, VAE
 
 __all__ = [
@@ -25,10 +26,13 @@ __all__ = [
     "L1AnnealingSAE",
     "LatentCausalVAE",
     "LinearCausalEstimate",
+    "LinearGaussianSSM",
     "SparseAutoencoder",
     "SparseVAE",
     "StructuredSAE",
+    "TemporalVAE",
     "TopKSAE",
+    "DeepMarkovModel",
     "DiscreteConceptModel",
     "FactorAnalysis",
     "IdentifiabilityWarning",

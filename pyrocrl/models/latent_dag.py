@@ -617,8 +617,9 @@ class LatentCausalVAE(ConditionalVAE):
                              f"targets={self.targets.tolist()}")
         z_hat = self.encode(x, u).to(self.device)
         env = u.cpu().numpy()
-        estimate = linear_causal_disentanglement(z_hat.double().cpu().numpy(), env, num_latents=self.latent_dim,
-                                                 observational=observational[0], refine=refine)
+        estimate = linear_causal_disentanglement(
+            z_hat.double().cpu().numpy(), env, num_latents=self.latent_dim,
+            observational=observational[0], refine=refine)
         # estimated latent -> our latent: through the environment that intervenes on it
         order = np.zeros(self.latent_dim, dtype=int)
         for e, t_est in zip(estimate.environments, estimate.targets):

@@ -7,8 +7,11 @@ from pyrocrl.simulate.dictionary import sparse_dictionary
 from pyrocrl.simulate.factors import FactorProcess, factor_model
 from pyrocrl.simulate.graphs import random_dag
 from pyrocrl.simulate.latent_dag import LatentSEM, latent_dag
+from pyrocrl.simulate.linear_gaussian import linear_gaussian
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
+from pyrocrl.simulate.pendulum import pendulum
 from pyrocrl.simulate.sources import NonstationarySources, nonstationary_sources
+from pyrocrl.simulate.temporal import TemporalProcess, nonstationary_temporal
 
 __all__ = [
     "MIXINGS",
@@ -18,12 +21,16 @@ __all__ = [
     "LatentSEM",
     "LeakyReLUMLPMixing",
     "NonstationarySources",
+    "TemporalProcess",
     "counterfactual_pairs",
     "discrete_concepts",
     "factor_model",
     "latent_dag",
+    "linear_gaussian",
     "make_mixing",
     "nonstationary_sources",
+    "nonstationary_temporal",
+    "pendulum",
     "random_dag",
     "sparse_dictionary",
 ]
