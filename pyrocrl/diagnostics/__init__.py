@@ -20,6 +20,11 @@ from pyrocrl.diagnostics.graphs import (
     shd,
 )
 from pyrocrl.diagnostics.identifiability import Score, affine_r2, mcc, rotation_margin
+from pyrocrl.diagnostics.variability import (
+    jacobian_structure,
+    lagged_points,
+    sufficient_variability,
+)
 
 __all__ = [
     "EdgeMetrics",
@@ -30,6 +35,8 @@ __all__ = [
     "cpdag",
     "dictionary_recovery",
     "edge_metrics",
+    "jacobian_structure",
+    "lagged_points",
     "match_latents",
     "mcc",
     "posterior_linearity",
@@ -37,4 +44,5 @@ __all__ = [
     "rotation_margin",
     "sae_concept_correlation",
     "shd",
+    "sufficient_variability",
 ]

@@ -192,3 +192,10 @@ class IVAE(ConditionalVAE):
 
     def prior(self, u, x):
         return dist.Normal(self.prior_loc[u], self.prior_scale[u]).to_event(1)
+
+    def conditional_log_prob(self, z, u, context=None):
+        """The learned prior's ``log p(z | u)`` for ``z: (P, latent_dim)``, ``u: (P,)``,
+        returned as ``(P,)`` and differentiable in ``z``: the density protocol of
+        :func:`pyrocrl.diagnostics.sufficient_variability`. ``context`` is ignored (the
+        latents are i.i.d. given ``u``)."""
+        return self.prior(u, z).log_prob(z)

@@ -56,6 +56,13 @@ class NonstationarySources:
         """True ``log p(z | u)`` per sample, ``(N,)``."""
         return self.distribution(u).log_prob(z)
 
+    def conditional_log_prob(self, z: torch.Tensor, u: torch.Tensor,
+                             context: torch.Tensor | None = None) -> torch.Tensor:
+        """The density protocol of :func:`pyrocrl.diagnostics.sufficient_variability`:
+        ``log p(z | u)`` for ``z: (P, n)``, ``u: (P,)``, returned as ``(P,)``. The sources
+        are i.i.d., so ``context`` is ignored. Differentiable in ``z``."""
+        return self.log_prob(z, u)
+
 
 def nonstationary_sources(
     num_latents: int = 5,
