@@ -6,6 +6,7 @@ from __future__ import annotations
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
 
@@ -56,5 +57,8 @@ def log_weights(model_fn, guide_fn, args, kwargs=None, *, num_particles: int, ne
         trace.compute_log_prob()
         for _, site in _sample_sites(trace):
             factor = 1.0 if site["is_observed"] else latent_factor
-            total = total + (sign * factor) * per_datum(site["log_prob"])
+            # unscaled: the "data" plate's num_data / batch_size scale belongs outside the
+            # logsumexp over particles (fit_svi applies it to the bound)
+            log_p = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
+            total = total + (sign * factor) * per_datum(log_p)
     return total

@@ -195,6 +195,21 @@ def test_loss_is_exact_negative_log_likelihood_under_the_exact_posterior(elbo, n
     np.testing.assert_allclose(result.losses[0], expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("elbo", ["trace", "iwae"])
+def test_minibatch_loss_matches_full_batch_on_identical_rows(elbo):
+    """Identical rows: a minibatch's loss per data point estimates the same number as the
+    full batch's. A ``"data"``-plate scale applied inside IWAE's logsumexp would inflate it
+    several-fold."""
+    x = torch.randn(1, 4).repeat(64, 1)
+    losses = []
+    for batch_size in (None, 16):
+        pyro.set_rng_seed(0)
+        model = VAE(4, 2)
+        losses.append(fit_svi(model, x, num_steps=1, batch_size=batch_size, elbo=elbo,
+                              num_particles=32, progress=False).losses[0])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=0.05)
+
+
 def test_iwae_is_tighter_than_the_elbo_for_a_narrow_guide():
     x = torch.randn(200)
     model = Conjugate(width=0.5)
