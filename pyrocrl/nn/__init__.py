@@ -1,5 +1,6 @@
 """Reusable networks shared by the model families."""
 
 from pyrocrl.nn.mlp import ACTIVATIONS, mlp
+from pyrocrl.nn.transition import MonotoneInverseTransition
 
-__all__ = ["ACTIVATIONS", "mlp"]
+__all__ = ["ACTIVATIONS", "MonotoneInverseTransition", "mlp"]

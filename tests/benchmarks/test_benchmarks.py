@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("_"))
-COVERED = ["concepts", "factor_analysis", "ivae", "kalman", "latent_dag", "margin", "overhead", "sae"]
+COVERED = ["concepts", "factor_analysis", "ivae", "kalman", "latent_dag", "margin", "overhead",
+           "sae", "temporal"]
 
 
 def test_every_benchmark_is_covered():
