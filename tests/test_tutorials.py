@@ -8,6 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "tutorials"
 TUTORIALS = [
     "01_identifiability_ivae_vs_vae.py",
+    "03_temporal_vae_changing_dynamics.py",
     "11_factor_analysis_anchors.py",
     "12_interventions_identify_a_latent_graph.py",
     "21_discrete_concepts_and_saes.py",

@@ -89,3 +89,21 @@ def test_bad_construction():
         TemporalVAE(5, 3, lag=0)
     with pytest.raises(ValueError, match="num_domains must be a positive int"):
         TemporalVAE(5, 3, num_domains=0)
+
+
+def test_learned_prior_plugs_into_the_sufficient_variability_diagnostic():
+    from pyrocrl import diagnostics
+
+    torch.manual_seed(0)
+    z = torch.randn(20, 5, 2)
+    points, context = diagnostics.lagged_points(z, lag=1)
+    varied = TemporalVAE(4, 2, lag=1, num_domains=6)
+    with torch.no_grad():  # domains that change the transition's coefficients
+        varied.transition.embedding.weight.normal_(0, 2.0)
+        varied.transition.net[-1].weight.normal_(0, 0.5)
+    assert float(diagnostics.sufficient_variability(varied, points, 6, context=context)) > 0.9
+    same = TemporalVAE(4, 2, lag=1, num_domains=6)
+    with torch.no_grad():  # every domain embedded at the same point: no variability
+        same.transition.embedding.weight.fill_(0.3)
+    score = diagnostics.sufficient_variability(same, points, 6, context=context)
+    assert float(score) == 0.0 and int(score.rank.max()) == 0
