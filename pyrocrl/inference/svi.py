@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import os
@@ -17,6 +18,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
 from pyrocrl.inference.importance import log_weights, plate_structure
@@ -44,6 +46,10 @@ class FitResult:
         metrics: for the plain-torch trainers (``fit_sae``, ``fit_next_token``): each
             tracked quantity averaged over every ``log_every`` steps, with the steps in
             ``metrics["step"]``.
+        rank: with ``fit_svi(..., strategy="ddp")``, the rank of the process this result was
+            returned in (a script re-run per rank returns in every rank: keep output to
+            ``rank == 0``); 0 otherwise.
+        world_size: the number of processes that trained together (1 without ``strategy``).
     """
 
     losses: np.ndarray
@@ -53,6 +59,8 @@ class FitResult:
     time_s: float = 0.0
     device: str = "cpu"
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def num_steps(self) -> int:
@@ -81,6 +89,9 @@ class _ScaleLatents(Messenger):
     def _process_message(self, msg):
         if self.factor != 1.0 and msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.factor * msg["scale"]
+
+
+_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")  # see distributed.START_METHODS
 
 
 def _check_positive_int(name, value, allow_none=False):
@@ -135,6 +146,296 @@ class _Batches:
         return self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
 
 
+# ---- data sources: tensors, a map-style Dataset, or a DataLoader ------------------------------
+
+def _data_kind(data: Sequence) -> str:
+    """``"tensors"``, ``"dataset"`` (a map-style Dataset) or ``"loader"`` (a DataLoader)."""
+    streamed = [d for d in data if isinstance(d, (Dataset, DataLoader))]
+    if not streamed:
+        return "tensors"
+    if len(data) != 1:
+        raise TypeError(f"fit_svi: a {type(streamed[0]).__name__} must be the only data "
+                        f"argument (its items hold every component, e.g. (x, u)); got "
+                        f"{len(data)} data arguments")
+    if isinstance(data[0], IterableDataset):
+        raise TypeError("fit_svi: data is an IterableDataset; fit_svi draws batches by index "
+                        "from a map-style Dataset (__getitem__, __len__), or iterates a "
+                        "DataLoader: wrap it in a torch.utils.data.DataLoader")
+    return "loader" if isinstance(data[0], DataLoader) else "dataset"
+
+
+def _shape_of(component, what: str, label: str) -> tuple:
+    """The shape of one component of a Dataset item (numbers count as 0-d)."""
+    if isinstance(component, (torch.Tensor, np.ndarray)):
+        return tuple(component.shape)
+    if isinstance(component, (bool, int, float, np.number)):
+        return ()
+    raise TypeError(f"fit_svi: {what} items must be tensors or tuples of tensors (one data "
+                    f"point per index); {label} holds a {type(component).__name__}")
+
+
+def _describe(item) -> str:
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)}"
+    return f"a single {type(item).__name__}"
+
+
+def _collate(items: Sequence, indices: Sequence[int] | None = None,
+             what: str = "data") -> tuple[torch.Tensor, ...]:
+    """Stack the items of one batch with ``default_collate`` into a tuple of tensors, after
+    checking that every item has the structure and shapes of the first. ``indices`` (the
+    items' indices in the Dataset) only label error messages. Runs in DataLoader workers too,
+    so it is a module-level function."""
+    def label(k):
+        return f"item {indices[k]}" if indices is not None else f"item {k} of the batch"
+
+    single = not isinstance(items[0], (tuple, list))
+    reference = (items[0],) if single else tuple(items[0])
+    shapes = [_shape_of(c, what, label(0)) for c in reference]
+    for k, item in enumerate(items):
+        parts = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+        if isinstance(item, (tuple, list)) == single or len(parts) != len(reference):
+            raise ValueError(f"fit_svi: {what} items must all have the same structure; "
+                             f"{label(0)} is {_describe(items[0])} but {label(k)} is "
+                             f"{_describe(item)}")
+        for j, (component, shape) in enumerate(zip(parts, shapes)):
+            got = _shape_of(component, what, label(k))
+            if got != shape:
+                raise ValueError(f"fit_svi: {what} items have inconsistent shapes: component "
+                                 f"{j} of {label(0)} has shape {shape} but of {label(k)} "
+                                 f"{got}; every item (one data point) must have the same shape")
+    batch = default_collate(list(items))
+    return (batch,) if single else tuple(batch)
+
+
+def _signature(batch: Sequence[torch.Tensor]) -> tuple:
+    return tuple((tuple(t.shape[1:]), t.dtype) for t in batch)
+
+
+class _Consistency:
+    """Remembers the per-item shapes and dtypes of the first batch and raises when a later
+    batch differs (a Dataset whose items change shape halfway, a ragged DataLoader)."""
+
+    def __init__(self, what: str):
+        self.what, self.reference = what, None
+
+    def __call__(self, batch: tuple, where: str) -> tuple:
+        if self.reference is None:
+            self.reference = _signature(batch)
+            return batch
+        signature = _signature(batch)
+        if len(signature) != len(self.reference):
+            raise ValueError(f"fit_svi: {self.what} {where} has {len(signature)} components, "
+                             f"the first batch had {len(self.reference)}")
+        for j, (got, first) in enumerate(zip(signature, self.reference)):
+            if got != first:
+                raise ValueError(f"fit_svi: {self.what} items have inconsistent shapes: "
+                                 f"component {j} of {where} has per-item shape {got[0]} and "
+                                 f"dtype {got[1]}, the first batch had {first[0]} and {first[1]}")
+        return batch
+
+
+class _DatasetReader:
+    """Fetches the batch of given indices from a map-style Dataset (its ``__getitems__`` when
+    it has one, else ``__getitem__`` per index) and collates it into a tuple of tensors."""
+
+    def __init__(self, dataset, what: str):
+        self.dataset, self.what = dataset, what
+        try:
+            self.num_data = len(dataset)
+        except TypeError:
+            raise TypeError(f"fit_svi: the {what} Dataset ({type(dataset).__name__}) needs "
+                            f"__len__ (the number of data points)") from None
+        if self.num_data == 0:
+            raise ValueError(f"fit_svi: the {what} Dataset ({type(dataset).__name__}) is empty "
+                             f"(len 0)")
+        self.consistent = _Consistency(f"{what} Dataset")
+
+    def fetch(self, index: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """``index``: dataset indices in batch order; ``None``: every item, in order."""
+        indices = list(range(self.num_data)) if index is None else index.tolist()
+        getitems = getattr(self.dataset, "__getitems__", None)
+        items = getitems(indices) if getitems else [self.dataset[i] for i in indices]
+        batch = _collate(items, indices, f"{self.what} Dataset")
+        return self.consistent(batch, f"the batch starting at item {indices[0]}")
+
+
+class _StepIndices:
+    """Batch sampler for DataLoader workers: the indices of the batches of steps
+    ``start, ..., stop - 1`` (a function of ``(seed, step)``, as in the single-process
+    loop)."""
+
+    def __init__(self, batches: _Batches, start: int, stop: int):
+        self.batches, self.start, self.stop = batches, start, stop
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            index = self.batches.at(step)
+            yield list(range(self.batches.num_data)) if index is None else index.tolist()
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+
+def _loader_num_data(loader: DataLoader) -> int:
+    try:
+        num_data = len(loader.dataset)
+    except TypeError:
+        raise TypeError(f"fit_svi: the DataLoader's dataset ({type(loader.dataset).__name__}) "
+                        f"needs __len__: len(loader.dataset) is the number of data points the "
+                        f"ELBO is scaled to (num_data)") from None
+    if num_data == 0:
+        raise ValueError("fit_svi: the DataLoader's dataset is empty (len 0)")
+    return num_data
+
+
+def _loader_batch(batch, where: str) -> tuple[torch.Tensor, ...]:
+    batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+    for j, component in enumerate(batch):
+        if not isinstance(component, torch.Tensor):
+            raise TypeError(f"fit_svi: DataLoader batches must be a tensor or a tuple/list of "
+                            f"tensors; component {j} of {where} is a {type(component).__name__}")
+        if component.shape[:1] != batch[0].shape[:1]:
+            raise ValueError(f"fit_svi: component {j} of {where} of the DataLoader holds "
+                             f"{component.shape[0] if component.ndim else 'no'} data points, "
+                             f"component 0 holds {batch[0].shape[0]}")
+    return batch
+
+
+class _OwnTorchRNG:
+    """A torch RNG stream of its own, swapped in around a DataLoader's iteration: the loader's
+    shuffling (and its workers' base seed) then depend on ``seed`` alone, and the model's
+    random draws are those of a run on tensors."""
+
+    def __init__(self, seed: int):
+        self.state = torch.Generator().manual_seed(seed + 2**32).get_state()
+
+    def __enter__(self):
+        self.outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+
+    def __exit__(self, *exc_info):
+        self.state = torch.get_rng_state()
+        torch.set_rng_state(self.outer)
+
+
+def _loader_batches(loader: DataLoader, seed: int):
+    """The loader's batches, epoch after epoch, as tuples of tensors."""
+    consistent = _Consistency("DataLoader")
+    rng = _OwnTorchRNG(seed)
+    epoch = 0
+    while True:
+        with rng:
+            iterator = iter(loader)
+        count = 0
+        while True:
+            with rng:
+                batch = next(iterator, None)
+            if batch is None:
+                break
+            where = f"batch {count} of epoch {epoch}"
+            count += 1
+            yield consistent(_loader_batch(batch, where), where)
+        if count == 0:
+            raise ValueError("fit_svi: the DataLoader yielded no batches (an empty dataset, or "
+                             "drop_last=True with fewer data points than its batch_size)")
+        epoch += 1
+
+
+def _check_first(model, batch: tuple, training: bool, where: str) -> None:
+    """Run the model's input check on one batch of streamed data, naming that batch."""
+    check = getattr(model, "check_training_data" if training else "check_data", None)
+    if check is None:
+        check = getattr(model, "check_data", None)
+    if check is None:
+        return
+    try:
+        check(*batch)
+    except (TypeError, ValueError) as error:
+        if hasattr(error, "add_note"):
+            error.add_note(f"(fit_svi ran this check on {where}, before training)")
+        raise
+
+
+def _batch_len(args) -> int:
+    return next(d for d in args if d is not None).shape[0]
+
+
+class _Objective:
+    """fit_svi's training loss and held-out bound, built in every training process.
+
+    ``loss(batch)``: the batch's negative ELBO (or IWAE bound) scaled to ``num_data`` points,
+    with the latent sites scaled by ``annealing.factor`` (KL warm-up). ``negative_bound(chunk)``:
+    the unscaled, unannealed negative bound summed over a chunk of held-out data.
+    ``probe``: one batch; its first two rows trace the plates for ``elbo="iwae"``.
+    ``rescale``: batches may be smaller than ``num_data``, so a model without a ``num_data``
+    argument gets its whole ELBO scaled by ``num_data / batch size``.
+    """
+
+    def __init__(self, model, probe, *, elbo: str, num_particles: int, num_data: int,
+                 rescale: bool):
+        self.model, self.elbo, self.num_data = model, elbo, num_data
+        self.num_particles = num_particles
+        takes_num_data = "num_data" in inspect.signature(model.model).parameters
+        self.kwargs = {"num_data": num_data} if takes_num_data else {}
+        self.annealing = _ScaleLatents(1.0)
+        if elbo == "iwae":
+            probe = tuple(None if d is None else d[:2] for d in probe)
+            self.nesting, _ = plate_structure(model.model, model.guide, probe, self.kwargs)
+            return
+        if elbo == "traceenum":
+            self.trace_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
+                                             vectorize_particles=num_particles > 1)
+        else:
+            self.trace_elbo = Trace_ELBO(num_particles=num_particles,
+                                         vectorize_particles=num_particles > 1)
+        model_fn, guide_fn = model.model, model.guide
+        if not takes_num_data and rescale:
+            model_fn, guide_fn = self._scaled(model_fn), self._scaled(guide_fn)
+        self.annealed = self.annealing(model_fn), self.annealing(guide_fn)
+
+    def _scaled(self, fn):
+        def scaled_fn(*args, **kwargs):
+            size = _batch_len(args)  # a DataLoader's last batch may be smaller
+            if size == self.num_data:
+                return fn(*args, **kwargs)
+            with poutine.scale(scale=self.num_data / size):
+                return fn(*args, **kwargs)
+        return scaled_fn
+
+    def _negative_iwae(self, args, kwargs=None, latent_factor=1.0):
+        """Minus the importance-weighted bound, summed over the batch (unscaled)."""
+        weights = log_weights(self.model.model, self.model.guide, args, kwargs,
+                              num_particles=self.num_particles, nesting=self.nesting,
+                              latent_factor=latent_factor)
+        return -(torch.logsumexp(weights, 0) - math.log(self.num_particles)).sum()
+
+    def loss(self, args) -> torch.Tensor:
+        if self.elbo == "iwae":
+            return (self.num_data / _batch_len(args)
+                    * self._negative_iwae(args, self.kwargs, self.annealing.factor))
+        return self.trace_elbo.differentiable_loss(*self.annealed, *args, **self.kwargs)
+
+    def negative_bound(self, args):
+        if self.elbo == "iwae":
+            return self._negative_iwae(args)
+        return self.trace_elbo.loss(self.model.model, self.model.guide, *args)
+
+
+def _store_params(objective: _Objective, batch, exclude=()) -> list[torch.Tensor]:
+    """The unconstrained ``pyro.param`` sites that one loss evaluation touches and that are
+    not in ``exclude`` (the module's own parameters), in name order."""
+    with poutine.trace(param_only=True) as param_capture:
+        objective.loss(batch)
+    seen, found = {id(p) for p in exclude}, []
+    for name in sorted(param_capture.trace.nodes):
+        p = param_capture.trace.nodes[name]["value"].unconstrained()
+        if id(p) not in seen:
+            found.append(p)
+            seen.add(id(p))
+    return found
+
+
 def _rng_state(torch_state=None):
     state = {"torch": torch.get_rng_state() if torch_state is None else torch_state,
              "numpy": np.random.get_state(),
@@ -176,30 +477,61 @@ def fit_svi(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
-    validation: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    validation: Sequence[torch.Tensor] | torch.Tensor | Dataset | None = None,
     patience: int | None = None,
+    num_workers: int = 0,
+    strategy: str | None = None,
+    num_devices: int | None = None,
+    num_nodes: int = 1,
 ) -> FitResult:
     r"""Fit ``model`` by stochastic variational inference on minibatches of ``data``.
 
-    Every positional tensor in ``data`` is minibatched along dim 0 and passed to
-    ``model.model(*batch)`` and ``model.guide(*batch)`` (``None`` entries pass through as
-    ``None``). The loss is the negative ELBO (``Trace_ELBO``) of the batch scaled to the full
-    data set: when the model's ``model`` method accepts ``num_data`` (all pyrocrl models do),
-    its ``"data"`` plate does the scaling; otherwise the whole ELBO is scaled by
-    ``N / batch_size`` with ``poutine.scale``, which is right for models whose latents are
-    all local to the data.
+    ``data`` is either tensors, or one map-style ``torch.utils.data.Dataset``, or one
+    ``torch.utils.data.DataLoader`` (for data larger than memory):
+
+    * **tensors** (e.g. ``x, u``): minibatched along dim 0 and passed to
+      ``model.model(*batch)`` and ``model.guide(*batch)`` (``None`` entries pass through as
+      ``None``).
+    * **a Dataset** whose ``dataset[i]`` is one data point, a tensor or a tuple of tensors
+      (e.g. ``(x_i, u_i)``), and ``len(dataset)`` is N: fit_svi draws the same seeded batch
+      indices as for tensors, fetches those items (with the Dataset's ``__getitems__(indices)``
+      when it has one, else ``dataset[i]`` per index, in ``num_workers`` worker processes when
+      > 0) and stacks them with ``default_collate``. The batch of a step is the same function
+      of ``(seed, step)`` as for tensors, so a Dataset holding the same rows trains exactly as
+      those tensors would (bit for bit on CPU) and ``resume`` is exact. Only the batches in use
+      are in memory: wrap a memory-mapped file (``np.load(path, mmap_mode="r")``) or files on
+      disk.
+    * **a DataLoader**: its batches (a tensor or a tuple/list of tensors) are used as they
+      come, pass after pass, and ``num_data = len(loader.dataset)`` scales the ELBO; the
+      loader's own batch size, shuffling and workers apply (fit_svi's ``batch_size`` is
+      ignored). Its random draws (shuffling, workers' seeds) come from a torch RNG stream
+      of their own, seeded by ``seed``, so the model's noise is that of a run on tensors. The
+      order is the loader's, so ``resume`` is refused: pass ``loader.dataset`` itself for an
+      exactly resumable run.
+
+    The loss is the negative ELBO (``Trace_ELBO``) of the batch scaled to the full data set:
+    when the model's ``model`` method accepts ``num_data`` (all pyrocrl models do), its
+    ``"data"`` plate does the scaling; otherwise the whole ELBO is scaled by
+    ``N / batch size`` with ``poutine.scale``, which is right for models whose latents are all
+    local to the data.
 
     Parameters are ``model.parameters()`` plus any ``pyro.param`` sites the model or guide
     create; they are optimized with ``torch.optim.Adam``.
 
     Args:
         model: an object with ``model`` and ``guide`` methods, usually a
-            :class:`pyrocrl.models.LatentVariableModel`; if it has ``check_data``, that runs
-            once on ``data`` before training.
-        *data: tensors with the samples on dim 0 (e.g. ``x`` and ``u``).
+            :class:`pyrocrl.models.LatentVariableModel`; if it has ``check_training_data`` or
+            ``check_data``, that runs once before training on the tensors, or on the first
+            batch of a Dataset or DataLoader (streamed data are never read whole; later batches
+            are checked for consistent shapes and dtypes only: a bad value in them stops
+            training at its step, with a :class:`NonFiniteLossError` or the model's own error,
+            and the state before that step in ``checkpoint``).
+        *data: tensors with the samples on dim 0 (e.g. ``x`` and ``u``), or a single Dataset
+            or DataLoader (see above).
         num_steps: total number of gradient steps (with ``resume``, counted from the start of
             the original run).
-        batch_size: minibatch size; ``None`` or more than N uses the full data.
+        batch_size: minibatch size; ``None`` or more than N uses the full data. Ignored for a
+            DataLoader.
         learning_rate: Adam's step size at the start.
         learning_rate_decay: the step size at the last step, as a fraction of
             ``learning_rate``; it decays geometrically in between (``1.0``: constant). It is a
@@ -221,17 +553,56 @@ def fit_svi(
             ``infer={"enumerate": "parallel"}`` and summed out exactly (e.g.
             :class:`pyrocrl.models.DiscreteConceptModel`; one plate level, ``"data"``).
         checkpoint: path of a checkpoint file, written every ``checkpoint_every`` steps, at
-            the end, on a non-finite loss and on ``KeyboardInterrupt``. It holds parameters,
-            optimizer state, RNG states, the step and the histories (the minibatch of a step
-            is a function of ``seed`` and the step, so it needs no state).
+            the end, on a non-finite loss, on an error within a step (a batch that cannot be
+            read, a model that fails on a batch) and on ``KeyboardInterrupt``. It holds
+            parameters, optimizer state, RNG states, the step and the histories (the minibatch
+            of a step is a function of ``seed`` and the step, so it needs no state).
         checkpoint_every: defaults to ``log_every * 10``.
         resume: continue from ``checkpoint`` if that file exists (else start fresh). On CPU a
-            resumed run reproduces the uninterrupted run's losses exactly.
-        validation: held-out data, a tensor or a tuple like ``data``. Its negative ELBO per
+            resumed run reproduces the uninterrupted run's losses exactly (tensors or a
+            Dataset; refused for a DataLoader, whose order fit_svi does not control).
+        validation: held-out data: a tensor or a tuple like ``data``, or a map-style Dataset
+            whose items are like ``data``'s (read in chunks of 4096). Its negative ELBO per
             data point is computed every ``log_every`` steps (with fixed noise); the model
             ends with the parameters of the best evaluation. Ground truth is never used.
         patience: stop after this many evaluations without improvement (needs
             ``validation``).
+        num_workers: worker processes that read the batches of a Dataset ahead of the
+            training step (``torch.utils.data.DataLoader`` workers; the batch indices are
+            still drawn by fit_svi, so the run is the same as with ``0``: reading in the
+            training process). Only for a Dataset; with ``strategy``, per process.
+        strategy: ``None``: train in this process. ``"ddp"``, ``"ddp_spawn"``, ``"ddp_fork"``
+            (alias ``"ddp_notebook"``): data-parallel training on PyTorch Lightning (``pip
+            install "pyrocrl[distributed]"``) with ``num_devices`` processes per machine on
+            ``num_nodes`` machines (gloo on CPU, NCCL on CUDA). The global minibatch of each
+            step is the single-process one (same ``seed``, ``batch_size``), split across the
+            processes; DDP averages the gradients, so every replica takes the same step, and
+            ``losses`` are the global minibatch's. How the processes start:
+
+            * ``"ddp"``: Lightning re-runs the calling script once per extra local process
+              (the script must be runnable as ``python script.py ...``), or joins processes
+              that ``torchrun``, SLURM or Lightning's environment variables (``MASTER_ADDR``,
+              ``MASTER_PORT``, ``NODE_RANK``, ``WORLD_SIZE``) started. Every process returns
+              from ``fit_svi`` with the same fitted model and continues the script; keep
+              output to ``result.rank == 0``. The way to go on several machines.
+            * ``"ddp_spawn"`` / ``"ddp_fork"``: the calling process (a notebook, a test) starts
+              the processes and waits; the fitted parameters are loaded back into ``model``.
+              Spawn pickles the model and the data (guard the script with
+              ``if __name__ == "__main__":``); fork shares them (Linux; on CUDA only if the
+              caller has not initialised CUDA).
+
+            Works with tensors or a Dataset (not a DataLoader: the shards are drawn by
+            fit_svi), every ``elbo``, ``kl_warmup``, ``learning_rate_decay``, ``clip_norm``,
+            ``validation`` (sharded, summed over processes) and ``patience``. ``checkpoint`` is
+            written by rank 0 (with every rank's RNG state) and ``resume`` is exact with the
+            same number of processes (rank 0 reads the file and broadcasts it). Every
+            parameter must be in ``model.parameters()`` (a ``PyroModule``; Pyro's global param
+            store is not synchronised). No checkpoint is written on ``KeyboardInterrupt`` or
+            on an error in one process: Lightning ends every process; the last periodic
+            checkpoint stays.
+        num_devices: processes per machine with ``strategy`` (on CUDA: GPUs; ``None``: every
+            visible GPU, or 1 on CPU).
+        num_nodes: machines with ``strategy``.
 
     Returns:
         :class:`FitResult`.
@@ -268,77 +639,123 @@ def fit_svi(
                          "held-out ELBO, never ground truth)")
     if resume and checkpoint is None:
         raise ValueError("fit_svi: resume=True needs a checkpoint path")
-    num_data = _check_data(model, data, "data", training=True)
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ValueError(f"fit_svi: num_workers must be an int >= 0, got {num_workers!r}")
+    _check_positive_int("num_devices", num_devices, allow_none=True)
+    _check_positive_int("num_nodes", num_nodes)
+    if strategy is not None and strategy not in _STRATEGIES:
+        raise ValueError(f"fit_svi: strategy must be None or one of {list(_STRATEGIES)}, got "
+                         f"{strategy!r}")
+    if strategy is None and (num_devices is not None or num_nodes != 1):
+        raise ValueError("fit_svi: num_devices and num_nodes need a strategy (e.g. "
+                         "strategy='ddp')")
+    kind = _data_kind(data)
+    if strategy is not None and kind == "loader":
+        raise TypeError(f"fit_svi: strategy={strategy!r} shards the data itself (the batch of "
+                        f"each step, split across processes): pass tensors or a map-style "
+                        f"Dataset (e.g. loader.dataset), not a DataLoader")
+    if num_workers and kind != "dataset":
+        raise ValueError(f"fit_svi: num_workers={num_workers} reads the items of a Dataset; "
+                         f"tensors are indexed in place and a DataLoader has its own "
+                         f"num_workers")
+    if resume and kind == "loader":
+        raise ValueError("fit_svi: resume=True is refused for a DataLoader: its batch order is "
+                         "its own, so a resumed run could not replay the interrupted one. Pass "
+                         "loader.dataset (a map-style Dataset) instead: fit_svi then draws the "
+                         "batches itself as a function of (seed, step) and resumes exactly")
+    device = resolve_device(device)
+    if strategy is not None and device.index is not None:
+        raise ValueError(f"fit_svi: with strategy={strategy!r}, device is 'cpu', 'cuda' or "
+                         f"'auto' (each process gets its own GPU; choose them with "
+                         f"CUDA_VISIBLE_DEVICES), got {str(device)!r}")
+    pyro.set_rng_seed(seed)  # before a DataLoader is first iterated: its shuffle uses it
+    reader = loader_batches = None
+    if kind == "tensors":
+        num_data = _check_data(model, data, "data", training=True)
+        batch_size = num_data if batch_size is None else min(batch_size, num_data)
+        batches = _Batches(num_data, batch_size, seed)
+        index = batches.at(0)
+        first = data if index is None else tuple(None if d is None else d[index] for d in data)
+    elif kind == "dataset":
+        reader = _DatasetReader(data[0], "data")
+        num_data = reader.num_data
+        batch_size = num_data if batch_size is None else min(batch_size, num_data)
+        batches = _Batches(num_data, batch_size, seed)
+        first = reader.fetch(batches.at(0))
+        _check_first(model, first, training=True, where="the first batch of the Dataset")
+    else:
+        num_data = _loader_num_data(data[0])
+        loader_batches = _loader_batches(data[0], seed)
+        first = next(loader_batches)
+        batch_size = data[0].batch_size or first[0].shape[0]
+        batches = None
+        _check_first(model, first, training=True, where="the first batch of the DataLoader")
+    width = len(first)
+    val_reader = None
     if validation is not None:
-        validation = (validation,) if isinstance(validation, torch.Tensor) else tuple(validation)
-        if len(validation) != len(data):
-            raise ValueError(f"fit_svi: validation must hold as many tensors as data "
-                             f"({len(data)}), got {len(validation)}")
-        _check_data(model, validation, "validation")
-    batch_size = num_data if batch_size is None else min(batch_size, num_data)
+        if isinstance(validation, DataLoader) or isinstance(validation, IterableDataset):
+            raise TypeError("fit_svi: validation must be tensors or a map-style Dataset, got "
+                            f"a {type(validation).__name__}")
+        if isinstance(validation, Dataset):
+            val_reader = _DatasetReader(validation, "validation")
+            sample = val_reader.fetch(torch.arange(min(4096, val_reader.num_data)))
+            if len(sample) != width:
+                raise ValueError(f"fit_svi: validation items must hold as many tensors as the "
+                                 f"data's ({width}), got {len(sample)}")
+            _check_first(model, sample, training=False,
+                         where="the first 4096 items of the validation Dataset")
+            del sample
+        else:
+            validation = ((validation,) if isinstance(validation, torch.Tensor)
+                          else tuple(validation))
+            if len(validation) != width:
+                raise ValueError(f"fit_svi: validation must hold as many tensors as data "
+                                 f"({width}), got {len(validation)}")
+            _check_data(model, validation, "validation")
     checkpoint_every = checkpoint_every or 10 * log_every
+    if strategy is not None:
+        try:
+            from pyrocrl.inference import distributed
+        except ImportError as error:
+            raise ImportError(f"fit_svi: strategy={strategy!r} needs PyTorch Lightning: pip "
+                              f"install 'pyrocrl[distributed]' ({error})") from error
+        run = dict(
+            kind=kind, num_data=num_data, batch_size=batch_size, num_workers=num_workers,
+            data=(reader.dataset if kind == "dataset"
+                  else tuple(None if d is None else d.cpu() for d in data)),
+            first=tuple(None if d is None else d.cpu() for d in first),
+            validation=val_reader if val_reader is not None else validation,
+            validation_kind="dataset" if val_reader is not None else "tensors",
+            num_steps=num_steps, learning_rate=learning_rate,
+            learning_rate_decay=learning_rate_decay, seed=seed, progress=progress,
+            log_every=log_every, clip_norm=clip_norm, kl_warmup=kl_warmup,
+            num_particles=num_particles, elbo=elbo, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, resume=resume, patience=patience)
+        return distributed.fit_ddp(model, run, strategy=strategy, num_devices=num_devices,
+                                   num_nodes=num_nodes, device=device)
 
     # ---- set up -----------------------------------------------------------------------
-    device = resolve_device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
         model.train()
-    data = tuple(None if d is None else d.to(device) for d in data)
-    if validation is not None:
-        validation = tuple(None if d is None else d.to(device) for d in validation)
-    pyro.set_rng_seed(seed)
-    batches = _Batches(num_data, batch_size, seed)
+    pin = device.type == "cuda"
 
-    takes_num_data = "num_data" in inspect.signature(model.model).parameters
-    model_fn, guide_fn = model.model, model.guide
-    if not takes_num_data and batch_size < num_data:
-        model_fn = poutine.scale(model_fn, scale=num_data / batch_size)
-        guide_fn = poutine.scale(guide_fn, scale=num_data / batch_size)
-    if elbo == "traceenum":
-        trace_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
-                                    vectorize_particles=num_particles > 1)
-    else:
-        trace_elbo = Trace_ELBO(num_particles=num_particles,
-                                vectorize_particles=num_particles > 1)
-    annealing = _ScaleLatents(1.0)
+    def to_device(batch):
+        return tuple(None if d is None else d.to(device, non_blocking=pin) for d in batch)
 
-    def batch_args(index):
-        args = data if index is None else tuple(None if d is None else d[index] for d in data)
-        return args, ({"num_data": num_data} if takes_num_data else {})
+    if kind == "tensors":
+        data = to_device(data)
+    first = to_device(first)
+    if validation is not None and val_reader is None:
+        validation = to_device(validation)
 
-    if elbo == "iwae":
-        probe = batch_args(torch.arange(min(2, num_data)))
-        nesting, _ = plate_structure(model.model, model.guide, *probe)
-
-        def negative_bound(args, kwargs=None, latent_factor=1.0):
-            """Minus the importance-weighted bound, summed over the batch (unscaled)."""
-            weights = log_weights(model.model, model.guide, args, kwargs,
-                                  num_particles=num_particles, nesting=nesting,
-                                  latent_factor=latent_factor)
-            return -(torch.logsumexp(weights, 0) - math.log(num_particles)).sum()
-
-        def loss_fn(args, kwargs):
-            return num_data / batch_size * negative_bound(args, kwargs, annealing.factor)
-    else:
-        def negative_bound(args, kwargs=None, latent_factor=1.0):
-            return trace_elbo.loss(model.model, model.guide, *args)
-
-        annealed_model, annealed_guide = annealing(model_fn), annealing(guide_fn)
-
-        def loss_fn(args, kwargs):
-            return trace_elbo.differentiable_loss(annealed_model, annealed_guide, *args,
-                                                  **kwargs)
+    objective = _Objective(model, first, elbo=elbo, num_particles=num_particles,
+                           num_data=num_data,
+                           rescale=batch_size < num_data or kind == "loader")
 
     # Collect parameters: the module's own, plus pyro.param sites of user models.
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    with poutine.trace(param_only=True) as param_capture:
-        loss_fn(*batch_args(batches.at(0)))
-    seen = {id(p) for p in params}
-    for name in sorted(param_capture.trace.nodes):
-        p = param_capture.trace.nodes[name]["value"].unconstrained()
-        if id(p) not in seen:
-            params.append(p)
-            seen.add(id(p))
+    params += _store_params(objective, first, exclude=params)
     if not params:
         raise ValueError("fit_svi: the model and guide have no parameters to learn")
     optimizer = torch.optim.Adam(params, lr=learning_rate)
@@ -365,6 +782,10 @@ def fit_svi(
     start = 0
     if resume and os.path.exists(checkpoint):
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved.get("strategy") is not None:
+            raise ValueError(f"fit_svi: checkpoint {checkpoint} was written by a "
+                             f"strategy={saved['strategy']!r} run with {saved['world_size']} "
+                             f"processes; resume it with the same strategy and processes")
         if saved["batch_size"] != batch_size or saved["num_data"] != num_data:
             raise ValueError(f"fit_svi: checkpoint {checkpoint} was written with batch_size="
                              f"{saved['batch_size']} and {saved['num_data']} data points; this "
@@ -386,18 +807,50 @@ def fit_svi(
                 "num_data": num_data,
             })
 
+    def validation_chunks():
+        if val_reader is not None:
+            for lo in range(0, val_reader.num_data, 4096):
+                index = torch.arange(lo, min(lo + 4096, val_reader.num_data))
+                yield to_device(val_reader.fetch(index))
+            return
+        num_val = _batch_len(validation)
+        for lo in range(0, num_val, 4096):
+            yield tuple(None if v is None else v[lo:lo + 4096] for v in validation)
+
     def evaluate() -> float:
         total, count = 0.0, 0
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda"
                                                     else []):
             torch.manual_seed(seed + 1)  # common random numbers across evaluations
-            num_val = next(v for v in validation if v is not None).shape[0]
-            for lo in range(0, num_val, 4096):
-                chunk = tuple(None if v is None else v[lo:lo + 4096] for v in validation)
-                n = next(v for v in chunk if v is not None).shape[0]
-                total += float(negative_bound(chunk))
-                count += n
+            for chunk in validation_chunks():
+                total += float(objective.negative_bound(chunk))
+                count += _batch_len(chunk)
         return total / count
+
+    def stream(start):
+        """The batch of every step from ``start`` on, on ``device``."""
+        if kind == "tensors":
+            for step in range(start, num_steps):
+                index = batches.at(step)
+                yield data if index is None else tuple(None if d is None else d[index]
+                                                       for d in data)
+        elif kind == "loader":
+            yield first
+            for batch in loader_batches:
+                yield to_device(batch)
+        elif num_workers == 0:
+            for step in range(start, num_steps):
+                yield first if step == 0 else to_device(reader.fetch(batches.at(step)))
+        else:
+            if start == 0:
+                yield first
+            workers = DataLoader(
+                reader.dataset, batch_sampler=_StepIndices(batches, max(start, 1), num_steps),
+                collate_fn=functools.partial(_collate, what="data Dataset"),
+                num_workers=num_workers, pin_memory=pin,
+                generator=torch.Generator().manual_seed(seed))
+            for step, batch in enumerate(workers, max(start, 1)):
+                yield to_device(reader.consistent(batch, f"the batch of step {step}"))
 
     # ---- train ------------------------------------------------------------------------
     bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="fit_svi",
@@ -405,19 +858,26 @@ def fit_svi(
     stopped_early = False
     step = start
     step_rng = None
+    batch_stream = stream(start)
     t0 = time.perf_counter()
     try:
         while step < num_steps:
             step_rng = torch.get_rng_state()  # so an interrupted step can be replayed exactly
-            annealing.factor = min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
+            try:
+                args = next(batch_stream)
+            except Exception:
+                write_checkpoint(step, step_rng)  # a batch that cannot be read loses nothing
+                raise
+            objective.annealing.factor = min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
             if learning_rate_decay != 1.0:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate * learning_rate_decay ** (step / num_steps)
             try:
-                loss = loss_fn(*batch_args(batches.at(step)))
-            except ValueError as error:
+                loss = objective.loss(args)
+            except Exception as error:
                 # With validation on, a NaN reaches a distribution's parameters first.
-                if "invalid values" not in str(error):
+                if not (isinstance(error, ValueError) and "invalid values" in str(error)):
+                    write_checkpoint(step, step_rng)  # e.g. a bad value in streamed data
                     raise
                 loss = torch.tensor(float("nan"))
             value = loss.detach().item()
@@ -461,6 +921,7 @@ def fit_svi(
         write_checkpoint(step, step_rng)
         raise
     finally:
+        batch_stream.close()  # stops DataLoader workers
         bar.close()
     elapsed = time.perf_counter() - t0
     if validation is not None and best["state"] is not None:

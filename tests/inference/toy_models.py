@@ -27,3 +27,19 @@ class Conjugate(PyroModule):
     def log_marginal(self, x):
         """The exact log p(x): x ~ N(0, 1 + 0.5^2)."""
         return dist.Normal(0.0, 1.25**0.5).log_prob(x)
+
+
+class GlobalMean:
+    """A plain user-written Pyro model: its one parameter lives in Pyro's global param store
+    and ``model`` takes no ``num_data``."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def model(self, x):
+        loc = pyro.param("loc", torch.tensor(0.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, self.scale), obs=x)
+
+    def guide(self, x):
+        pass
