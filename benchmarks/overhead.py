@@ -1,9 +1,11 @@
 """B12: the cost of Pyro. ``fit_svi``'s step time vs a hand-written pure-PyTorch loss of the
-same IVAE ELBO, measured in one process, interleaved, on the same data and modules.
+same ELBO, for IVAE and TemporalVAE, measured in one process, interleaved, on the same data
+and modules.
 
 The pure-PyTorch step samples z ~ q(z | x, u) by reparameterization and computes
-log p(x | z) + log p(z | u) - log q(z | x, u) with torch.distributions, scaled to the full data
-set like the plate does; both use torch.optim.Adam on the same parameters. The ratio is the
+log p(x | z) + log p(z | u) - log q(z | x, u) with torch.distributions (TemporalVAE: its
+``TransitionPrior`` density), scaled to the full data set like the plate does; both use
+torch.optim.Adam on the same parameters. The ratio is the
 median over interleaved rounds of (fit_svi seconds per step) / (pure-PyTorch seconds per
 step), after two warm-up rounds.
 Target: <= 1.25x.
@@ -29,33 +31,70 @@ from torch.distributions import Normal
 
 from pyrocrl import simulate
 from pyrocrl.inference import fit_svi
-from pyrocrl.models import IVAE
+from pyrocrl.models import IVAE, TemporalVAE
 
 
-def torch_steps(model: IVAE, x, u, num_steps: int, batch_size: int) -> float:
-    """Seconds per step of a hand-written IVAE ELBO with Adam (no Pyro involved)."""
+def elbo_terms(model, xb, ub):
+    """``log p(x | z) + log p(z | u) - log q(z | x, u)`` per data point, hand-written."""
+    loc, scale = model.posterior(xb, ub)
+    z = loc + scale * torch.randn_like(loc)
+    event = tuple(range(1, xb.ndim))
+    log_lik = Normal(model.decoder(z), model.obs_scale).log_prob(xb).sum(event)
+    if isinstance(model, IVAE):
+        log_prior = Normal(model.prior_loc[ub], model.prior_scale[ub]).log_prob(z).sum(-1)
+    else:
+        log_prior = model.prior(ub, xb.shape[1]).log_prob(z)
+    log_q = Normal(loc, scale).log_prob(z).sum(event)
+    return log_lik + log_prior - log_q
+
+
+def torch_steps(model, x, u, num_steps: int, batch_size: int) -> float:
+    """Seconds per step of the hand-written ELBO with Adam (no Pyro involved)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     num_data = x.shape[0]
     start = time.perf_counter()
     for _ in range(num_steps):
         index = torch.randint(0, num_data, (batch_size,))
-        xb, ub = x[index], u[index]
-        loc, scale = model.posterior(xb, ub)
-        z = loc + scale * torch.randn_like(loc)
-        log_lik = Normal(model.decoder(z), model.obs_scale).log_prob(xb).sum(-1)
-        log_prior = Normal(model.prior_loc[ub], model.prior_scale[ub]).log_prob(z).sum(-1)
-        log_q = Normal(loc, scale).log_prob(z).sum(-1)
-        loss = -(num_data / batch_size) * (log_lik + log_prior - log_q).sum()
+        loss = -(num_data / batch_size) * elbo_terms(model, x[index], u[index]).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return (time.perf_counter() - start) / num_steps
 
 
-def pyro_steps(model: IVAE, x, u, num_steps: int, batch_size: int) -> float:
+def pyro_steps(model, x, u, num_steps: int, batch_size: int) -> float:
     result = fit_svi(model, x, u, num_steps=num_steps, batch_size=batch_size, progress=False,
                      device="cpu")
     return result.time_s / num_steps
+
+
+def setups():
+    """``(name, model, x, u, batch_size)`` for each measured model."""
+    iid = simulate.nonstationary_sources(num_latents=5, num_domains=40, samples_per_domain=1000,
+                                         seed=0)
+    seq = simulate.nonstationary_temporal(num_latents=4, lag=2, num_domains=5, obs_dim=8,
+                                          num_sequences=1000, seq_len=10, setting="change",
+                                          seed=0)
+    pyro.set_rng_seed(0)
+    return [("IVAE(5, 5, 40), hidden 64 x 3 layers", IVAE(5, 5, 40), iid.x, iid.u, 256),
+            ("TemporalVAE(8, 4, lag=2, num_domains=5), T = 10", TemporalVAE(8, 4, 2, 5), seq.x,
+             seq.u, 64)]
+
+
+def measure(model, x, u, batch_size, rounds, steps) -> dict:
+    timings = {"torch": [], "fit_svi": []}
+    for _ in range(2):  # warm-up: allocator, thread pools, CPU frequency
+        torch_steps(model, x, u, steps, batch_size)
+        pyro_steps(model, x, u, steps, batch_size)
+    for _ in range(rounds):
+        timings["torch"].append(torch_steps(model, x, u, steps, batch_size))
+        timings["fit_svi"].append(pyro_steps(model, x, u, steps, batch_size))
+    ratios = np.array(timings["fit_svi"]) / np.array(timings["torch"])
+    return {"batch_size": batch_size,
+            "ms_per_step": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
+            "ratio_to_torch": float(np.median(ratios)),
+            "ratio_interquartile": [float(q) for q in np.percentile(ratios, [25, 75])],
+            "timings_s_per_step": timings}
 
 
 def main(argv=None):
@@ -63,37 +102,23 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
 
-    ds = simulate.nonstationary_sources(num_latents=5, num_domains=40, samples_per_domain=1000,
-                                        seed=0)
-    pyro.set_rng_seed(0)
-    model = IVAE(5, 5, 40)
-    timings = {"torch": [], "fit_svi": []}
-    for _ in range(2):  # warm-up: allocator, thread pools, CPU frequency
-        torch_steps(model, ds.x, ds.u, steps, args.batch_size)
-        pyro_steps(model, ds.x, ds.u, steps, args.batch_size)
-    for _ in range(rounds):
-        timings["torch"].append(torch_steps(model, ds.x, ds.u, steps, args.batch_size))
-        timings["fit_svi"].append(pyro_steps(model, ds.x, ds.u, steps, args.batch_size))
-    ratios = np.array(timings["fit_svi"]) / np.array(timings["torch"])
-    ratio = float(np.median(ratios))
-    payload = {
-        "setting": {"model": "IVAE(5, 5, 40), hidden 64 x 3 layers", "batch_size":
-                    args.batch_size, "steps_per_round": steps, "rounds": rounds},
-        "ms_per_step": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
-        "ratio_to_torch": ratio,
-        "ratio_interquartile": [float(q) for q in np.percentile(ratios, [25, 75])],
-        "target_ratio": 1.25, "timings_s_per_step": timings,
-    }
+    results = {}
+    for name, model, x, u, batch_size in setups():
+        results[name] = measure(model, x, u, batch_size, rounds, steps)
+        r = results[name]
+        low, high = r["ratio_interquartile"]
+        print(f"{name}: ms/step " + ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_step"]
+                                              .items())
+              + f"; fit_svi / pure torch = {r['ratio_to_torch']:.2f}x (interquartile "
+                f"{low:.2f}-{high:.2f}, {rounds} interleaved rounds)", flush=True)
+    payload = {"setting": {"steps_per_round": steps, "rounds": rounds}, "models": results,
+               "target_ratio": 1.25}
     path = write("overhead" if not args.quick else "overhead_quick", payload, args.out)
-    print("ms/step: " + ", ".join(f"{k} {v:.2f}" for k, v in payload["ms_per_step"].items()))
-    low, high = payload["ratio_interquartile"]
-    print(f"fit_svi / pure torch = {ratio:.2f}x (interquartile {low:.2f}-{high:.2f}, "
-          f"{rounds} interleaved rounds); wrote {path}")
+    print(f"wrote {path}")
     return payload
 
 
