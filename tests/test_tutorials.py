@@ -8,7 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "tutorials"
 TUTORIALS = [
     "01_identifiability_ivae_vs_vae.py",
+    "02_sufficient_variability.py",
     "03_temporal_vae_changing_dynamics.py",
+    "04_kalman_vs_dmm.py",
+    "05_pendulum_from_pixels.py",
     "11_factor_analysis_anchors.py",
     "12_interventions_identify_a_latent_graph.py",
     "21_discrete_concepts_and_saes.py",

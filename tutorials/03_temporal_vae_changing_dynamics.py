@@ -30,7 +30,6 @@
 import os
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from pyrocrl import diagnostics, simulate
