@@ -13,7 +13,8 @@
 #
 # here with a leaky-ReLU transition $f_u(z) = \mathrm{LeakyReLU}(B_u z)$ and noise scales
 # $\sigma_u$ that both change with the domain $u$ of the sequence, and a 2-layer leaky-ReLU
-# mixing $g$ into 6 dimensions (the setting of `tests/models/test_temporal_recovery.py`). `TemporalVAE` puts TDRL/LEAP's nonparametric prior on the latents:
+# mixing $g$ into 6 dimensions (the setting of `tests/models/test_temporal_recovery.py`).
+# `TemporalVAE` puts TDRL/LEAP's nonparametric prior on the latents:
 #
 # $$\log p(z_t \mid z_{t-1}, u) = \sum_i \log \mathcal N\big(r_i(z_{t,i}; z_{t-1}, u); 0, 1\big)
 #   + \log \Big|\frac{\partial r_i}{\partial z_{t,i}}\Big|,$$
