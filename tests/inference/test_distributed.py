@@ -216,7 +216,6 @@ SCRIPT = textwrap.dedent('''
     from pyrocrl import diagnostics, simulate
     from pyrocrl.inference import fit_svi
     from pyrocrl.models import IVAE
-from tests.inference.toy_models import GlobalMean
 
     out, num_devices, num_nodes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     ds = simulate.nonstationary_sources(num_latents=3, num_domains=20, samples_per_domain=300,
