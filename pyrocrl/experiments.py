@@ -49,18 +49,20 @@ SEQUENCE_MODELS = ("temporal_vae", "dmm")
 
 
 def build_model(name: str, train: Dataset, **options) -> models.LatentVariableModel:
-    """A fresh model ``name`` sized for ``train`` (latent dimension = true dimension):
-    ``"ivae"``, ``"vae"``, ``"temporal_vae"`` (lag and domains from ``train.info``) or
-    ``"dmm"``."""
-    obs_dim, latent_dim = train.x.shape[-1], train.z.shape[-1]
+    """A fresh model ``name`` sized for ``train``: ``"ivae"``, ``"vae"``, ``"temporal_vae"``
+    or ``"dmm"``. The latent dimension defaults to the true one and the lag and number of
+    domains to ``train.info``'s; ``latent_dim=``/``lag=`` in ``options`` override them."""
+    obs_dim = train.x.shape[-1]
+    latent_dim = options.pop("latent_dim", train.z.shape[-1])
+    lag = options.pop("lag", int(train.info.get("lag", 1)))
     num_domains = int(train.info.get("num_domains", 1))
     if name == "ivae":
         return models.IVAE(obs_dim, latent_dim, num_domains, **options)
     if name == "vae":
         return models.VAE(obs_dim, latent_dim, **options)
     if name == "temporal_vae":
-        return models.TemporalVAE(obs_dim, latent_dim, lag=int(train.info.get("lag", 1)),
-                                  num_domains=num_domains, **options)
+        return models.TemporalVAE(obs_dim, latent_dim, lag=lag, num_domains=num_domains,
+                                  **options)
     if name == "dmm":
         return models.DeepMarkovModel(obs_dim, latent_dim, **options)
     raise ValueError(f"model must be one of {IID_MODELS + SEQUENCE_MODELS}, got {name!r}")
@@ -83,7 +85,7 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     ``seed``) and score its posterior means on the held-out ``test`` split (every frame of
     every sequence). No ground truth is used for any choice."""
     pyro.set_rng_seed(seed)
-    model = build_model(name, train, **(model_options or {}))
+    model = build_model(name, train, **dict(model_options or {}))
     defaults = TEMPORAL_FIT if name in SEQUENCE_MODELS else IID_FIT
     options = {**defaults, **fit_options}
     t0 = time.perf_counter()

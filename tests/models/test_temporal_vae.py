@@ -107,3 +107,17 @@ def test_learned_prior_plugs_into_the_sufficient_variability_diagnostic():
         same.transition.embedding.weight.fill_(0.3)
     score = diagnostics.sufficient_variability(same, points, 6, context=context)
     assert float(score) == 0.0 and int(score.rank.max()) == 0
+
+
+def test_recipes_size_models_from_the_data_and_accept_overrides():
+    from pyrocrl import simulate
+    from pyrocrl.experiments import build_model
+
+    ds = simulate.nonstationary_temporal(num_latents=2, lag=2, num_sequences=12, seq_len=5,
+                                         setting="change", num_domains=3, seed=0)
+    model = build_model("temporal_vae", ds)
+    assert (model.latent_dim, model.lag, model.num_domains, model.obs_dim) == (2, 2, 3, 2)
+    model = build_model("temporal_vae", ds, latent_dim=1, lag=3)
+    assert (model.latent_dim, model.lag) == (1, 3)
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("slowvae", ds)
