@@ -22,7 +22,7 @@ from pyro.nn import PyroModule, PyroParam
 from pyrocrl import diagnostics, simulate
 from pyrocrl.inference import NonFiniteLossError, fit_svi
 from pyrocrl.models import IVAE
-from tests.inference.toy_models import GlobalMean
+from tests.inference.toy_models import Exploding, GlobalMean
 
 pytest.importorskip("lightning")
 
@@ -160,25 +160,6 @@ def test_checkpoint_and_resume_reproduce_the_uninterrupted_run_exactly(dataset, 
             **dict(DDP, num_devices=1))
     with pytest.raises(ValueError, match="strategy='ddp' run with 2 processes"):
         fit(dataset, num_steps=40, checkpoint=tmp_path / "b.pt", resume=True)
-
-
-class Exploding(PyroModule):
-    """A Gaussian mean whose loss turns NaN on its ``explode_at``-th call, in every rank."""
-
-    def __init__(self, explode_at):
-        super().__init__()
-        self.loc = PyroParam(torch.zeros(()))
-        self.calls, self.explode_at = 0, explode_at
-
-    def model(self, x):
-        self.calls += 1
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
-        if self.calls > self.explode_at:
-            pyro.factor("boom", torch.tensor(float("nan")))
-
-    def guide(self, x):
-        pass
 
 
 def test_a_nan_stops_every_rank_at_the_same_step_with_the_last_good_state(tmp_path):

@@ -4,14 +4,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule, PyroParam
 
 from pyrocrl import simulate
 from pyrocrl.inference import NonFiniteLossError, fit_svi, resolve_device
 from pyrocrl.inference.svi import _ScaleLatents
 from pyrocrl.models import IVAE, VAE
 
-from .toy_models import Conjugate, GlobalMean
+from .toy_models import Conjugate, Exploding, GlobalMean
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +94,6 @@ def test_resume_rejects_a_different_batch_size(dataset, tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         fit(VAE(2, 2), dataset, num_steps=10, batch_size=32, checkpoint=tmp_path / "c.pt",
             resume=True)
-
-
-class Exploding(PyroModule):
-    """A Gaussian-mean model whose loss turns NaN on its ``explode_at``-th call."""
-
-    def __init__(self, explode_at):
-        super().__init__()
-        self.loc = PyroParam(torch.zeros(()))
-        self.calls, self.explode_at, self.history = 0, explode_at, []
-
-    def model(self, x):
-        self.calls += 1
-        self.history.append(self.loc.detach().clone())
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
-        if self.calls > self.explode_at:
-            pyro.factor("boom", torch.tensor(float("nan")))
-
-    def guide(self, x):
-        pass
 
 
 @pytest.mark.parametrize("validation", [True, False])

@@ -3,7 +3,7 @@
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, PyroParam
 
 
 class Conjugate(PyroModule):
@@ -40,6 +40,27 @@ class GlobalMean:
         loc = pyro.param("loc", torch.tensor(0.0))
         with pyro.plate("data", x.shape[0]):
             pyro.sample("obs", dist.Normal(loc, self.scale), obs=x)
+
+    def guide(self, x):
+        pass
+
+
+class Exploding(PyroModule):
+    """A Gaussian-mean model whose loss turns NaN on its ``explode_at``-th call (in every
+    rank under DDP); ``history`` holds ``loc`` at every call."""
+
+    def __init__(self, explode_at):
+        super().__init__()
+        self.loc = PyroParam(torch.zeros(()))
+        self.calls, self.explode_at, self.history = 0, explode_at, []
+
+    def model(self, x):
+        self.calls += 1
+        self.history.append(self.loc.detach().clone())
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
+        if self.calls > self.explode_at:
+            pyro.factor("boom", torch.tensor(float("nan")))
 
     def guide(self, x):
         pass
