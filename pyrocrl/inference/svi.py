@@ -393,7 +393,16 @@ class _Objective:
         model_fn, guide_fn = model.model, model.guide
         if not takes_num_data and rescale:
             model_fn, guide_fn = self._scaled(model_fn), self._scaled(guide_fn)
-        self.annealed = self.annealing(model_fn), self.annealing(guide_fn)
+        self.annealed = self._annealed(model_fn), self._annealed(guide_fn)
+
+    def _annealed(self, fn):
+        # the messenger costs a stack frame per sample site: enter it only while annealing
+        def annealed_fn(*args, **kwargs):
+            if self.annealing.factor == 1.0:
+                return fn(*args, **kwargs)
+            with self.annealing:
+                return fn(*args, **kwargs)
+        return annealed_fn
 
     def _scaled(self, fn):
         def scaled_fn(*args, **kwargs):
