@@ -1,6 +1,7 @@
 """Model-agnostic machinery: the SVI loop, posterior packaging for ArviZ, guide checks, and
-the plain-torch trainers (next-token predictor, sparse autoencoders)."""
+linear-ICA starting points, the plain-torch trainers (next-token predictor, sparse autoencoders)."""
 
+from pyrocrl.inference.initialize import LinearICA, initialize_linear, linear_ica
 from pyrocrl.inference.mcmc import fit_mcmc, mcmc_to_inference_data
 from pyrocrl.inference.next_token import fit_next_token
 from pyrocrl.inference.posterior import guide_khat, to_inference_data
@@ -9,12 +10,15 @@ from pyrocrl.inference.svi import FitResult, NonFiniteLossError, fit_svi, resolv
 
 __all__ = [
     "FitResult",
+    "LinearICA",
     "NonFiniteLossError",
     "fit_mcmc",
     "fit_next_token",
     "fit_sae",
     "fit_svi",
     "guide_khat",
+    "initialize_linear",
+    "linear_ica",
     "mcmc_to_inference_data",
     "resolve_device",
     "to_inference_data",

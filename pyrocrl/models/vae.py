@@ -19,19 +19,28 @@ class _GaussianVAE(LatentVariableModel):
     """Shared encoder/decoder; subclasses choose the prior and what the encoder sees."""
 
     def __init__(self, obs_dim, latent_dim, aux_dim, hidden_dim, num_layers, init_obs_scale,
-                 init_posterior_scale):
+                 init_posterior_scale, covariance="diagonal"):
         super().__init__(obs_dim, latent_dim)
         for name, value in [("init_obs_scale", init_obs_scale),
                             ("init_posterior_scale", init_posterior_scale)]:
             if not value > 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be positive, got {value}")
-        self.encoder = mlp(obs_dim + aux_dim, 2 * latent_dim, hidden_dim, num_layers)
+        if covariance not in ("diagonal", "full"):
+            raise ValueError(f"{type(self).__name__}: covariance must be 'diagonal' or 'full', "
+                             f"got {covariance!r}")
+        self.covariance = covariance
+        # "full" adds the n(n-1)/2 strictly-lower entries of the posterior's Cholesky factor
+        num_off = latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0
+        self.encoder = mlp(obs_dim + aux_dim, 2 * latent_dim + num_off, hidden_dim, num_layers)
         # Start from sharp posteriors and little observation noise: with obs_dim close to
         # latent_dim, a model that starts noisy explains low-variance directions of x with
         # noise and never uses every latent (partial posterior collapse).
         with torch.no_grad():
             raw = math.log(math.expm1(init_posterior_scale))  # inverse softplus
-            self.encoder[-1].bias[latent_dim:].fill_(raw)
+            self.encoder[-1].bias[latent_dim:2 * latent_dim].fill_(raw)
+            # a full-covariance posterior starts mean-field
+            self.encoder[-1].weight[2 * latent_dim:].zero_()
+            self.encoder[-1].bias[2 * latent_dim:].zero_()
         self.decoder = mlp(latent_dim, obs_dim, hidden_dim, num_layers)
         self.obs_scale = PyroParam(torch.full((obs_dim,), float(init_obs_scale)),
                                    constraint=constraints.positive)
@@ -47,11 +56,35 @@ class _GaussianVAE(LatentVariableModel):
         """``p(z | u)`` for the batch ``x``: batch shape ``(N,)``, event shape ``(n,)``."""
         raise NotImplementedError
 
-    def posterior(self, x, u=None):
-        """``q(z | x, u) = N(loc, diag(scale^2))``; returns ``(loc, scale)``, each ``(N, n)``."""
+    def _posterior_tril(self, x, u=None):
+        """``(loc, scale, scale_tril)`` of ``q(z | x, u)``: ``(N, n)``, ``(N, n)`` (the
+        Cholesky diagonal) and the ``(N, n, n)`` lower-triangular Cholesky factor, which is
+        ``None`` unless ``covariance="full"``."""
+        n = self.latent_dim
         out = self.encoder(self.encoder_input(x, u))
-        loc, raw_scale = out.split(self.latent_dim, dim=-1)
-        return loc, F.softplus(raw_scale) + 1e-4
+        loc, scale = out[..., :n], F.softplus(out[..., n:2 * n]) + 1e-4
+        if self.covariance == "diagonal":
+            return loc, scale, None
+        rows, cols = torch.tril_indices(n, n, -1, device=x.device)
+        lower = out.new_zeros(out.shape[:-1] + (n, n))
+        lower[..., rows, cols] = out[..., 2 * n:]
+        return loc, scale, lower + torch.diag_embed(scale)
+
+    def posterior(self, x, u=None):
+        """``q(z | x, u)``'s mean and marginal standard deviations, ``(loc, scale)``, each
+        ``(N, n)``. With ``covariance="full"`` the correlations are in
+        :meth:`posterior_distribution`."""
+        loc, scale, scale_tril = self._posterior_tril(x, u)
+        return loc, scale if scale_tril is None else scale_tril.pow(2).sum(-1).sqrt()
+
+    def posterior_distribution(self, x, u=None) -> dist.TorchDistribution:
+        """``q(z | x, u)`` with batch shape ``(N,)`` and event shape ``(n,)``: a diagonal
+        Normal, or with ``covariance="full"`` a ``MultivariateNormal`` whose Cholesky factor
+        the encoder outputs."""
+        if self.covariance == "diagonal":
+            return dist.Normal(*self.posterior(x, u)).to_event(1)
+        loc, _, scale_tril = self._posterior_tril(x, u)
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
     def model(self, x, u=None, num_data=None):
         with self.data_plate(x.shape[0], num_data, x.device):
@@ -59,9 +92,9 @@ class _GaussianVAE(LatentVariableModel):
             pyro.sample("x", dist.Normal(self.decode(z), self.obs_scale).to_event(1), obs=x)
 
     def guide(self, x, u=None, num_data=None):
-        loc, scale = self.posterior(x, u)
+        q = self.posterior_distribution(x, u)
         with self.data_plate(x.shape[0], num_data, x.device):
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("z", q)
 
 
 class VAE(_GaussianVAE):
@@ -85,6 +118,11 @@ class VAE(_GaussianVAE):
         hidden_dim, num_layers: MLP sizes of the encoder and the decoder.
         init_obs_scale: initial observation noise standard deviation (learned).
         init_posterior_scale: initial posterior standard deviation of the encoder.
+        covariance: ``"diagonal"`` (mean-field :math:`q`) or ``"full"`` (the encoder also
+            outputs the strictly-lower Cholesky entries, started at zero). Mean-field
+            :math:`q` biases the ELBO towards decoders with orthogonal Jacobian columns, which
+            competes with the prior's identifying signal; ``"full"`` removes that bias at
+            :math:`O(n^2)` extra outputs.
 
     References:
         1. Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -94,9 +132,9 @@ class VAE(_GaussianVAE):
 
     def __init__(self, obs_dim: int, latent_dim: int, hidden_dim: int = 64,
                  num_layers: int = 3, init_obs_scale: float = 0.02,
-                 init_posterior_scale: float = 0.05):
+                 init_posterior_scale: float = 0.05, covariance: str = "diagonal"):
         super().__init__(obs_dim, latent_dim, 0, hidden_dim, num_layers, init_obs_scale,
-                         init_posterior_scale)
+                         init_posterior_scale, covariance)
 
     def prior(self, u, x):
         zeros = x.new_zeros(x.shape[0], self.latent_dim)
@@ -109,12 +147,12 @@ class ConditionalVAE(_GaussianVAE):
     and the ``(x, one_hot(u))`` encoder input."""
 
     def __init__(self, obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
-                 init_obs_scale, init_posterior_scale):
+                 init_obs_scale, init_posterior_scale, covariance="diagonal"):
         if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
             raise ValueError(f"{type(self).__name__}: num_domains must be a positive int, "
                              f"got {num_domains!r}")
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
-                         init_obs_scale, init_posterior_scale)
+                         init_obs_scale, init_posterior_scale, covariance)
         self.num_domains = num_domains
 
     def check_data(self, x, u=None):
@@ -144,11 +182,17 @@ class IVAE(ConditionalVAE):
         x \mid z \sim \mathcal N(f_\theta(z), \operatorname{diag}(\sigma^2)),\qquad
         q_\phi(z \mid x, u) = \mathcal N(\mu_\phi(x, u), \operatorname{diag}(s_\phi(x, u)^2))
 
+    (or :math:`\mathcal N(\mu_\phi, L_\phi L_\phi^\top)` with ``covariance="full"``),
     with learned per-domain prior means :math:`\lambda` and scales :math:`\tau`, an MLP
     decoder, an MLP encoder on ``(x, one_hot(u))`` and learned observation noise. If the
     prior's sufficient statistics vary enough across domains (at least 2n + 1 domains in
     general position; seed 001), the latents are identifiable up to permutation and
     component-wise transformation.
+
+    Identifiable is not the same as found: from a random start SVI ends in local optima of
+    the ELBO. Through deep mixings use ``covariance="full"`` and start at the linear ICA
+    solution (:func:`pyrocrl.inference.initialize_linear`; ``benchmarks/ivae.py`` measures
+    both recipes).
 
     Shapes: ``x: (N, obs_dim)`` float, ``u: (N,)`` long with values in
     ``[0, num_domains)``. ``encode(x, u)`` returns ``(N, latent_dim)``.
@@ -164,6 +208,7 @@ class IVAE(ConditionalVAE):
             and leave a latent unused.
         init_posterior_scale: initial posterior standard deviation of the encoder.
         learn_prior_mean: learn :math:`\lambda` (else fixed at 0: variance modulation only).
+        covariance: ``"diagonal"`` or ``"full"`` posterior, as in :class:`VAE`.
 
     References:
         1. Khemakhem, Kingma, Monti & Hyvärinen, "Variational Autoencoders and Nonlinear
@@ -174,9 +219,10 @@ class IVAE(ConditionalVAE):
 
     def __init__(self, obs_dim: int, latent_dim: int, num_domains: int, hidden_dim: int = 64,
                  num_layers: int = 3, init_obs_scale: float = 0.02,
-                 init_posterior_scale: float = 0.05, learn_prior_mean: bool = True):
+                 init_posterior_scale: float = 0.05, learn_prior_mean: bool = True,
+                 covariance: str = "diagonal"):
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
-                         init_obs_scale, init_posterior_scale)
+                         init_obs_scale, init_posterior_scale, covariance)
         warn_if_too_few_domains("IVAE", latent_dim, num_domains)
         prior_loc = torch.zeros(num_domains, latent_dim)
         if learn_prior_mean:

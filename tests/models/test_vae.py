@@ -109,3 +109,37 @@ def test_bad_constructor_arguments(args, match):
         VAE(*args)
     with pytest.raises(ValueError, match="num_domains"):
         IVAE(4, 2, num_domains=0)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ivae"])
+def test_full_covariance_posterior_starts_mean_field_and_learns_correlations(kind, data):
+    import pyro.distributions as dist
+
+    model = VAE(4, 3, covariance="full") if kind == "vae" else IVAE(4, 3, 9, covariance="full")
+    q = model.posterior_distribution(*data)
+    assert isinstance(q, dist.MultivariateNormal)
+    assert q.batch_shape == (64,) and q.event_shape == (3,)
+    assert torch.all(q.scale_tril.tril(-1) == 0), "a full posterior must start mean-field"
+    # give the strictly-lower Cholesky outputs a value: the marginal scales follow L L^T
+    with torch.no_grad():
+        model.encoder[-1].bias[6:].copy_(torch.tensor([0.3, -0.2, 0.5]))
+    q = model.posterior_distribution(*data)
+    loc, scale = model.posterior(*data)
+    torch.testing.assert_close(loc, q.loc)
+    torch.testing.assert_close(scale, q.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt())
+    assert q.covariance_matrix[0, 1, 0].abs() > 1e-3
+    trace = poutine.trace(model.guide).get_trace(*data)
+    assert trace.nodes["z"]["fn"].event_shape == (3,)
+
+
+def test_diagonal_posterior_matches_its_distribution(data):
+    model = IVAE(4, 2, 9)
+    q = model.posterior_distribution(*data)
+    loc, scale = model.posterior(*data)
+    torch.testing.assert_close(q.base_dist.loc, loc)
+    torch.testing.assert_close(q.base_dist.scale, scale)
+
+
+def test_bad_covariance_is_named():
+    with pytest.raises(ValueError, match="covariance must be 'diagonal' or 'full', got 'ful'"):
+        IVAE(4, 2, 9, covariance="ful")

@@ -1,0 +1,184 @@
+"""Starting points the ELBO does not find by itself.
+
+Deep nonlinear-ICA models fitted by SVI from a random initialisation end in local optima far
+from the identifiable solution (``benchmarks/temporal_optimum.py`` measures the gap for
+TemporalVAE; ``benchmarks/ivae.py`` compares random and linear starts for IVAE).
+:func:`initialize_linear` replaces the random start by the best *linear* solution, which
+needs no ground truth: the maximum-likelihood linear ICA of nonstationary Gaussian sources
+(:func:`linear_ica`); it regresses the model's encoder onto those sources and its decoder
+back onto the data. SVI then starts from an answer that is right up to the nonlinearity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pyrocrl.inference._loop import check_training_args, train_minibatch
+from pyrocrl.inference.svi import FitResult
+
+
+@dataclass
+class LinearICA:
+    """A fitted linear unmixing ``s = (x - mean) @ unmixing.T``: ``unmixing`` is
+    ``(n, D)``, ``mean`` ``(D,)``; every source has unit variance on the fitted data. The
+    order and signs of the sources are arbitrary."""
+
+    unmixing: torch.Tensor
+    mean: torch.Tensor
+    nll: float  # the profiled negative log-likelihood per point at the optimum (nats)
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Sources of ``x: (..., D)`` as ``(..., n)``."""
+        return (x - self.mean.to(x)) @ self.unmixing.to(x).T
+
+
+def _frames(x: torch.Tensor, u: torch.Tensor, caller: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as ``(M, D)`` frames and ``u`` as one domain per frame, with clear errors."""
+    if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3) or not x.is_floating_point():
+        raise ValueError(f"{caller}: x must be a float tensor (N, D) or (N, T, D), got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if u is None:
+        raise ValueError(f"{caller}: u (the domain of each row of x, shape ({x.shape[0]},)) is "
+                         f"required: without domains the linear sources are not identifiable")
+    if not isinstance(u, torch.Tensor) or u.shape != x.shape[:1] or u.is_floating_point():
+        raise ValueError(f"{caller}: u must be an integer tensor of shape ({x.shape[0]},), "
+                         f"got {getattr(u, 'shape', type(u))}")
+    if x.ndim == 3:
+        u = u.repeat_interleave(x.shape[1])
+        x = x.reshape(-1, x.shape[-1])
+    return x, u
+
+
+def linear_ica(x: torch.Tensor, u: torch.Tensor, latent_dim: int | None = None,
+               max_iter: int = 500, seed: int = 0) -> LinearICA:
+    r"""Maximum-likelihood linear ICA of sources whose variances change across domains.
+
+    Model: :math:`x = A s + \mu` with :math:`s_i \mid u \sim \mathcal N(m_{u,i},
+    \sigma^2_{u,i})` independent. After PCA-whitening :math:`x` to ``latent_dim`` dimensions
+    (:math:`\tilde x`), the unmixing :math:`W` maximises the log-likelihood with the domain
+    means and variances profiled out (Pham & Cardoso 2001):
+
+    .. math::
+        \ell(W) = -\tfrac12 \sum_u \tfrac{N_u}{N} \sum_i \log (W C_u W^\top)_{ii}
+        + \log\lvert\det W\rvert,
+
+    where :math:`C_u` is the covariance of :math:`\tilde x` in domain :math:`u`. It is
+    identifiable (up to order, sign and scale) when the variance profiles of any two sources
+    differ across domains; mean changes alone carry no information here. L-BFGS from a
+    seeded random rotation. Rows are rescaled so each source has unit variance.
+
+    Args:
+        x: ``(N, D)`` or ``(N, T, D)`` (frames pooled, each frame with its sequence's domain).
+        u: ``(N,)`` integer domains.
+        latent_dim: n <= D sources (default D).
+        max_iter: L-BFGS iterations.
+        seed: the random starting rotation.
+    """
+    x, u = _frames(x, u, "linear_ica")
+    x = x.detach().to(torch.float64)
+    dim = x.shape[-1]
+    n = dim if latent_dim is None else latent_dim
+    if not isinstance(n, int) or not 1 <= n <= dim:
+        raise ValueError(f"linear_ica: latent_dim must be an int in [1, D={dim}], got "
+                         f"{latent_dim!r}")
+    mean = x.mean(0)
+    evals, evecs = torch.linalg.eigh(torch.cov(x.T).reshape(dim, dim))
+    if evals[-n] <= 1e-12 * evals[-1].clamp_min(1e-300):
+        raise ValueError(f"linear_ica: x spans fewer than latent_dim={n} dimensions")
+    whiten = (evecs[:, -n:] / evals[-n:].sqrt()).T  # (n, D)
+    white = (x - mean) @ whiten.T
+    domains, u = torch.unique(u, return_inverse=True)
+    counts = torch.bincount(u).to(x.dtype)
+    if len(domains) < 2:
+        raise ValueError("linear_ica: u must take at least 2 values (one domain carries no "
+                         "information about the rotation)")
+    sums = torch.zeros(len(domains), n, dtype=x.dtype).index_add_(0, u, white)
+    seg_mean = sums / counts[:, None]
+    centred = white - seg_mean[u]
+    covs = torch.zeros(len(domains), n, n, dtype=x.dtype).index_add_(
+        0, u, centred[:, :, None] * centred[:, None, :]) / counts[:, None, None]
+    weight = counts / counts.sum()
+
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=x.dtype))[0]
+    w = start.contiguous().requires_grad_()
+    optimizer = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def nll(w):
+        var = torch.einsum("ij,kjl,il->ki", w, covs, w)
+        return 0.5 * (weight[:, None] * var.log()).sum() - torch.linalg.slogdet(w)[1]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nll(w)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    w = w.detach()
+    w = w / (w @ w.T).diagonal().sqrt()[:, None]  # unit variance on the whitened data
+    unmixing = (w @ whiten).to(torch.float32)
+    return LinearICA(unmixing=unmixing, mean=mean.to(torch.float32), nll=float(nll(w)))
+
+
+class _Regression(torch.nn.Module):
+    """Wraps a model so :func:`train_minibatch` sees its encoder and decoder."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+
+def initialize_linear(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 3000,
+                      batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0,
+                      device: str | torch.device = "auto", progress: bool = False,
+                      ica: LinearICA | None = None) -> FitResult:
+    r"""Start ``model`` at the linear ICA solution of ``(x, u)`` instead of at random.
+
+    Fits :func:`linear_ica` (unless ``ica`` is given) and regresses, by Adam on minibatches,
+
+    .. math::
+        \lVert \mu_\phi(x, u) - \hat s(x) \rVert^2 + \lVert f_\theta(\hat s(x)) - x \rVert^2
+
+    so the encoder's posterior mean starts at the linear sources :math:`\hat s` and the
+    decoder at their linear reconstruction. Uses only ``(x, u)``; no ground truth. Then fit
+    by :func:`~pyrocrl.inference.fit_svi` as usual.
+
+    ``model`` needs ``posterior(x, u) -> (loc, scale)``, ``decode(z)`` and ``latent_dim``
+    (:class:`~pyrocrl.models.IVAE`, :class:`~pyrocrl.models.VAE`). Returns the regression's
+    :class:`FitResult` (``losses`` is the summed mean-squared error). The ICA is stored on
+    the result as ``result.metrics["ica_nll"]``.
+    """
+    for name in ("posterior", "decode", "latent_dim"):
+        if not hasattr(model, name):
+            raise TypeError(f"initialize_linear: model must have {name!r} (an encoder "
+                            f"posterior(x, u), a decode(z) and latent_dim), "
+                            f"{type(model).__name__} has not")
+    check_training_args("initialize_linear", num_steps, batch_size, learning_rate)
+    if ica is None:
+        ica = linear_ica(x, u, model.latent_dim, seed=seed)
+    elif ica.unmixing.shape != (model.latent_dim, x.shape[-1]):
+        raise ValueError(f"initialize_linear: ica.unmixing must be (latent_dim, D) = "
+                         f"({model.latent_dim}, {x.shape[-1]}), got "
+                         f"{tuple(ica.unmixing.shape)}")
+    sources = ica.transform(x.detach())
+
+    def loss_fn(batch, step):
+        xb, ub, sb = batch
+        mse_enc = (model.posterior(xb, ub)[0] - sb).pow(2).mean()
+        mse_dec = (model.decode(sb) - xb).pow(2).mean()
+        return mse_enc + mse_dec, {"encoder_mse": float(mse_enc.detach()),
+                                       "decoder_mse": float(mse_dec.detach())}
+
+    result = train_minibatch(_Regression(model), loss_fn, [x, u, sources],
+                             caller="initialize_linear", num_steps=num_steps,
+                             batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                             device=device, progress=progress)
+    result.metrics["ica_nll"] = [ica.nll]
+    return result
+
+
+__all__ = ["LinearICA", "initialize_linear", "linear_ica"]

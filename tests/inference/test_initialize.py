@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from pyrocrl import diagnostics, simulate
+from pyrocrl.inference import initialize_linear, linear_ica
+from pyrocrl.models import IVAE
+
+
+@pytest.fixture(scope="module")
+def linear_data():
+    ds = simulate.nonstationary_sources(num_latents=4, num_domains=12, samples_per_domain=400,
+                                        obs_dim=6, mixing_layers=1, seed=3)
+    return ds.split(0.8, seed=0)
+
+
+def test_linear_ica_recovers_nonstationary_sources_on_held_out_data(linear_data):
+    train, test = linear_data
+    ica = linear_ica(train.x, train.u, latent_dim=4)
+    assert ica.unmixing.shape == (4, 6) and ica.mean.shape == (6,)
+    s = ica.transform(test.x)
+    assert float(diagnostics.mcc(test.z, s)) >= 0.99
+    # independent check: unmixing @ (true linear mixing) is a scaled permutation
+    mixing = train.info["mixing"].weights[0]  # (D, n)
+    product = (ica.unmixing @ mixing).abs()
+    assert torch.all(product.max(1).values > 10 * (product.sum(1) - product.max(1).values))
+    torch.testing.assert_close(ica.transform(train.x).std(0), torch.ones(4), atol=0.02,
+                               rtol=0)
+
+
+def test_linear_ica_fails_without_domain_information(linear_data):
+    train, test = linear_data
+    shuffled = train.u[torch.randperm(len(train.u), generator=torch.Generator().manual_seed(0))]
+    s = linear_ica(train.x, shuffled, latent_dim=4).transform(test.x)
+    assert float(diagnostics.mcc(test.z, s)) < 0.9  # a rotation the domains no longer pin
+    assert float(diagnostics.affine_r2(test.z, s)) > 0.99  # but still the right subspace
+
+
+def test_linear_ica_pools_the_frames_of_sequences(linear_data):
+    train, _ = linear_data
+    x = train.x[:2400].reshape(600, 4, 6)
+    u = train.u[:2400].reshape(600, 4)[:, 0]
+    with pytest.raises(ValueError, match="u must be an integer tensor of shape \\(600,\\)"):
+        linear_ica(x, train.u[:2400], latent_dim=4)
+    assert linear_ica(x, u, latent_dim=4).unmixing.shape == (4, 6)
+    with pytest.raises(ValueError, match="x spans fewer than latent_dim=6"):
+        linear_ica(x, u)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(u=None), "u \\(the domain of each row of x"),
+    (dict(u="float"), "u must be an integer tensor"),
+    (dict(u="one"), "at least 2 values"),
+    (dict(latent_dim=7), "latent_dim must be an int in \\[1, D=6\\]"),
+    (dict(x="1d"), "x must be a float tensor"),
+])
+def test_linear_ica_bad_input(linear_data, kwargs, match):
+    train, _ = linear_data
+    x, u = train.x, train.u
+    if kwargs.get("x") == "1d":
+        x = x[:, 0]
+    if "u" in kwargs:
+        u = {None: None, "float": u.float(), "one": torch.zeros_like(u)}[kwargs["u"]]
+    with pytest.raises(ValueError, match=match):
+        linear_ica(x, u, latent_dim=kwargs.get("latent_dim", 4))
+
+
+def test_initialize_linear_starts_the_encoder_at_the_linear_sources(linear_data):
+    train, test = linear_data
+    model = IVAE(6, 4, 12)
+    before = float(diagnostics.mcc(test.z, model.encode(test.x, test.u)))
+    result = initialize_linear(model, train.x, train.u, num_steps=600, seed=0)
+    after = float(diagnostics.mcc(test.z, model.encode(test.x, test.u)))
+    assert after >= 0.97 and after > before + 0.1, (before, after)
+    assert result.losses[-1] < 0.05 * result.losses[0]
+    assert result.metrics["ica_nll"]
+
+
+def test_initialize_linear_needs_an_encoder_and_decoder(linear_data):
+    train, _ = linear_data
+    with pytest.raises(TypeError, match="must have 'posterior'"):
+        initialize_linear(torch.nn.Linear(6, 4), train.x, train.u)
+    with pytest.raises(ValueError, match="num_steps must be a positive int"):
+        initialize_linear(IVAE(6, 4, 12), train.x, train.u, num_steps=0)
