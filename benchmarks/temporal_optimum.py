@@ -22,29 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pyro
-import torch
 from _common import write
 
 from pyrocrl import diagnostics, models, simulate
 from pyrocrl.experiments import TEMPORAL_FIT
-from pyrocrl.inference import fit_svi
+from pyrocrl.inference import fit_svi, initialize_at
 
 FULL = dict(num_sequences=1000, steps=2500, pretrain_steps=3000, starts=[10, 11, 12])
 QUICK = dict(num_sequences=60, steps=10, pretrain_steps=10, starts=[10])
-
-
-def oracle_start(model, train, steps: int) -> float:
-    """Regress the encoder's means onto the true latents and the decoder onto the frames."""
-    networks = [model.frame_encoder, model.rnn, model.head, model.decoder]
-    optimizer = torch.optim.Adam([p for net in networks for p in net.parameters()], lr=2e-3)
-    for _ in range(steps):
-        index = torch.randint(0, len(train), (64,))
-        x, z = train.x[index], train.z[index]
-        loss = ((model.posterior(x)[0] - z) ** 2).mean() + ((model.decoder(z) - x) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return loss.item()
 
 
 def fit(model, train, test, steps, seed) -> dict:
@@ -76,7 +61,8 @@ def main(argv=None):
         print(row, flush=True)
     pyro.set_rng_seed(0)
     model = models.TemporalVAE(6, 3, 1, 5)
-    mse = oracle_start(model, train, size["pretrain_steps"])
+    mse = float(initialize_at(model, train.x, train.u, train.z, size["pretrain_steps"],
+                              batch_size=64, learning_rate=2e-3, progress=False).losses[-1])
     start_mcc = float(diagnostics.mcc(test.z, model.encode(test.x, test.u)))
     row = {"start": "oracle (regressed onto the true latents)", "oracle_mse": mse,
            "mcc_at_start": start_mcc, **fit(model, train, test, size["steps"], 0)}

@@ -1,7 +1,8 @@
-"""Model-agnostic machinery: the SVI loop, posterior packaging for ArviZ, guide checks, and
-linear-ICA starting points, the plain-torch trainers (next-token predictor, sparse autoencoders)."""
+"""Model-agnostic machinery: the SVI loop, posterior packaging for ArviZ, guide checks,
+linear-ICA starting points and the plain-torch trainers (next-token predictor, sparse
+autoencoders)."""
 
-from pyrocrl.inference.initialize import LinearICA, initialize_linear, linear_ica
+from pyrocrl.inference.initialize import LinearICA, initialize_at, initialize_linear, linear_ica
 from pyrocrl.inference.mcmc import fit_mcmc, mcmc_to_inference_data
 from pyrocrl.inference.next_token import fit_next_token
 from pyrocrl.inference.posterior import guide_khat, to_inference_data
@@ -17,6 +18,7 @@ __all__ = [
     "fit_sae",
     "fit_svi",
     "guide_khat",
+    "initialize_at",
     "initialize_linear",
     "linear_ica",
     "mcmc_to_inference_data",

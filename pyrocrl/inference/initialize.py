@@ -132,53 +132,78 @@ class _Regression(torch.nn.Module):
         self.model = model
 
 
+def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tensor,
+                  num_steps: int = 3000, batch_size: int = 256, learning_rate: float = 1e-3,
+                  seed: int = 0, device: str | torch.device = "auto",
+                  progress: bool = False) -> FitResult:
+    r"""Start ``model``'s networks at the latents ``z``: Adam on minibatches of
+
+    .. math::
+        \lVert \mu_\phi(x, u) - z \rVert^2 + \lVert f_\theta(z) - x \rVert^2,
+
+    so the encoder's posterior mean starts at ``z`` and the decoder at ``z``'s
+    reconstruction of ``x``. ``z`` has ``x``'s leading shape and ``latent_dim`` last. With
+    ``z`` from :func:`linear_ica` this is :func:`initialize_linear`; with the true latents it
+    is an *oracle* start, for diagnosing optimization failures, never for fitting.
+
+    ``model`` needs ``posterior(x, u) -> (loc, scale)``, ``decode(z)`` and ``latent_dim``
+    (:class:`~pyrocrl.models.IVAE`, :class:`~pyrocrl.models.VAE`,
+    :class:`~pyrocrl.models.TemporalVAE`, :class:`~pyrocrl.models.LatentCausalVAE`). Returns
+    the regression's :class:`FitResult` (``losses``: the summed mean-squared errors).
+    """
+    for name in ("posterior", "decode", "latent_dim"):
+        if not hasattr(model, name):
+            raise TypeError(f"initialize_at: model must have {name!r} (an encoder "
+                            f"posterior(x, u), a decode(z) and latent_dim), "
+                            f"{type(model).__name__} has not")
+    check_training_args("initialize_at", num_steps, batch_size, learning_rate)
+    expected = tuple(x.shape[:-1]) + (model.latent_dim,)
+    if tuple(z.shape) != expected:
+        raise ValueError(f"initialize_at: z must have shape {expected} (x's leading shape, "
+                         f"latent_dim last), got {tuple(z.shape)}")
+    z = z.detach().to(x.dtype)
+
+    def loss_fn(batch, step):
+        xb, zb = batch[0], batch[-1]
+        ub = batch[1] if len(batch) == 3 else None
+        mse_enc = (model.posterior(xb, ub)[0] - zb).pow(2).mean()
+        mse_dec = (model.decode(zb) - xb).pow(2).mean()
+        return mse_enc + mse_dec, {"encoder_mse": float(mse_enc.detach()),
+                                   "decoder_mse": float(mse_dec.detach())}
+
+    tensors = [x, z] if u is None else [x, u, z]
+    return train_minibatch(_Regression(model), loss_fn, tensors, caller="initialize_at",
+                           num_steps=num_steps, batch_size=batch_size,
+                           learning_rate=learning_rate, seed=seed, device=device,
+                           progress=progress)
+
+
 def initialize_linear(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 3000,
                       batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0,
                       device: str | torch.device = "auto", progress: bool = False,
                       ica: LinearICA | None = None) -> FitResult:
-    r"""Start ``model`` at the linear ICA solution of ``(x, u)`` instead of at random.
+    """Start ``model`` at the linear ICA solution of ``(x, u)`` instead of at random.
 
-    Fits :func:`linear_ica` (unless ``ica`` is given) and regresses, by Adam on minibatches,
-
-    .. math::
-        \lVert \mu_\phi(x, u) - \hat s(x) \rVert^2 + \lVert f_\theta(\hat s(x)) - x \rVert^2
-
-    so the encoder's posterior mean starts at the linear sources :math:`\hat s` and the
-    decoder at their linear reconstruction. Uses only ``(x, u)``; no ground truth. Then fit
-    by :func:`~pyrocrl.inference.fit_svi` as usual.
-
-    ``model`` needs ``posterior(x, u) -> (loc, scale)``, ``decode(z)`` and ``latent_dim``
-    (:class:`~pyrocrl.models.IVAE`, :class:`~pyrocrl.models.VAE`). Returns the regression's
-    :class:`FitResult` (``losses`` is the summed mean-squared error). The ICA is stored on
-    the result as ``result.metrics["ica_nll"]``.
+    Fits :func:`linear_ica` with ``model.latent_dim`` sources (unless ``ica`` is given) and
+    starts the networks at its sources with :func:`initialize_at`. Uses only ``(x, u)``, no
+    ground truth; then fit by :func:`~pyrocrl.inference.fit_svi` as usual. Returns the
+    regression's :class:`FitResult` with the ICA's negative log-likelihood in
+    ``metrics["ica_nll"]``.
     """
-    for name in ("posterior", "decode", "latent_dim"):
-        if not hasattr(model, name):
-            raise TypeError(f"initialize_linear: model must have {name!r} (an encoder "
-                            f"posterior(x, u), a decode(z) and latent_dim), "
-                            f"{type(model).__name__} has not")
-    check_training_args("initialize_linear", num_steps, batch_size, learning_rate)
+    if not hasattr(model, "latent_dim"):
+        raise TypeError(f"initialize_linear: model must have 'posterior', 'decode' and "
+                        f"'latent_dim', {type(model).__name__} has not")
     if ica is None:
         ica = linear_ica(x, u, model.latent_dim, seed=seed)
     elif ica.unmixing.shape != (model.latent_dim, x.shape[-1]):
         raise ValueError(f"initialize_linear: ica.unmixing must be (latent_dim, D) = "
                          f"({model.latent_dim}, {x.shape[-1]}), got "
                          f"{tuple(ica.unmixing.shape)}")
-    sources = ica.transform(x.detach())
-
-    def loss_fn(batch, step):
-        xb, ub, sb = batch
-        mse_enc = (model.posterior(xb, ub)[0] - sb).pow(2).mean()
-        mse_dec = (model.decode(sb) - xb).pow(2).mean()
-        return mse_enc + mse_dec, {"encoder_mse": float(mse_enc.detach()),
-                                       "decoder_mse": float(mse_dec.detach())}
-
-    result = train_minibatch(_Regression(model), loss_fn, [x, u, sources],
-                             caller="initialize_linear", num_steps=num_steps,
-                             batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                             device=device, progress=progress)
+    result = initialize_at(model, x, u, ica.transform(x.detach()), num_steps=num_steps,
+                           batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                           device=device, progress=progress)
     result.metrics["ica_nll"] = [ica.nll]
     return result
 
 
-__all__ = ["LinearICA", "initialize_linear", "linear_ica"]
+__all__ = ["LinearICA", "initialize_at", "initialize_linear", "linear_ica"]

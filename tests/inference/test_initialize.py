@@ -77,7 +77,20 @@ def test_initialize_linear_starts_the_encoder_at_the_linear_sources(linear_data)
 
 def test_initialize_linear_needs_an_encoder_and_decoder(linear_data):
     train, _ = linear_data
-    with pytest.raises(TypeError, match="must have 'posterior'"):
+    with pytest.raises(TypeError, match="must have"):
         initialize_linear(torch.nn.Linear(6, 4), train.x, train.u)
     with pytest.raises(ValueError, match="num_steps must be a positive int"):
         initialize_linear(IVAE(6, 4, 12), train.x, train.u, num_steps=0)
+
+
+def test_initialize_at_checks_the_targets_and_works_without_domains(linear_data):
+    from pyrocrl.inference import initialize_at
+    from pyrocrl.models import VAE
+
+    train, _ = linear_data
+    with pytest.raises(ValueError, match=r"z must have shape \(3840, 4\)"):
+        initialize_at(IVAE(6, 4, 12), train.x, train.u, train.z[:, :3])
+    model = VAE(6, 4)
+    result = initialize_at(model, train.x, None, train.z, num_steps=300)
+    assert result.losses[-1] < 0.2 * result.losses[0]
+    assert set(result.metrics) >= {"encoder_mse", "decoder_mse"}
