@@ -94,3 +94,14 @@ def test_initialize_at_checks_the_targets_and_works_without_domains(linear_data)
     result = initialize_at(model, train.x, None, train.z, num_steps=300)
     assert result.losses[-1] < 0.2 * result.losses[0]
     assert set(result.metrics) >= {"encoder_mse", "decoder_mse"}
+
+
+def test_fit_and_score_linear_start_runs_and_names_a_bad_init(linear_data):
+    from pyrocrl.experiments import fit_and_score
+
+    train, test = linear_data
+    run = fit_and_score("ivae", train, test, num_steps=50, init="linear", init_steps=300,
+                        model_options={"covariance": "full"})
+    assert float(run.mcc) >= 0.9  # 300 regression steps onto the linear ICA, 50 SVI steps
+    with pytest.raises(ValueError, match="init must be 'random' or 'linear', got 'pca'"):
+        fit_and_score("ivae", train, test, num_steps=5, init="pca")
