@@ -114,3 +114,13 @@ def test_recovers_latents_and_graph_with_linear_mixing(seed):
     assert row["mcc_by_target"] >= 0.85 and row["shd"] <= 2, row["stages"]
     if row["shd"] > 1:
         pytest.xfail(f"SHD {row['shd']:.0f} > 1 (issue 4's target) on seed {seed}")
+
+
+def test_fit_latent_causal_linear_start_runs_and_checks_init():
+    ds = latent_dag(3, samples_per_env=200, obs_dim=4, mixing="linear", seed=0)
+    train, test = ds.split(0.8, seed=0)
+    row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=1, init="linear",
+                            init_steps=50)
+    assert 0.0 <= row["mcc"] <= 1.0 and "elbo" in row["stages"]
+    with pytest.raises(ValueError, match="fit_latent_causal: init must be 'random' or 'linear'"):
+        fit_latent_causal(train, test, num_steps=5, init="oracle")
