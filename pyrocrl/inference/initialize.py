@@ -172,10 +172,13 @@ def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tenso
                                    "decoder_mse": float(mse_dec.detach())}
 
     tensors = [x, z] if u is None else [x, u, z]
-    return train_minibatch(_Regression(model), loss_fn, tensors, caller="initialize_at",
-                           num_steps=num_steps, batch_size=batch_size,
-                           learning_rate=learning_rate, seed=seed, device=device,
-                           progress=progress)
+    was_training = model.training
+    result = train_minibatch(_Regression(model), loss_fn, tensors, caller="initialize_at",
+                             num_steps=num_steps, batch_size=batch_size,
+                             learning_rate=learning_rate, seed=seed, device=device,
+                             progress=progress)
+    model.train(was_training)  # the trainer leaves modules in eval mode
+    return result
 
 
 def initialize_linear(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 3000,

@@ -73,6 +73,7 @@ def test_initialize_linear_starts_the_encoder_at_the_linear_sources(linear_data)
     assert after >= 0.97 and after > before + 0.1, (before, after)
     assert result.losses[-1] < 0.05 * result.losses[0]
     assert result.metrics["ica_nll"]
+    assert model.training  # the model's mode is left as it was
 
 
 def test_initialize_linear_needs_an_encoder_and_decoder(linear_data):
