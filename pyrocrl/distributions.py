@@ -212,6 +212,8 @@ class TransitionPrior(TorchDistribution):
     def __init__(self, transition, u: torch.Tensor | None, seq_len: int,
                  batch_shape=None, validate_args=None):
         lag = transition.lag
+        if isinstance(seq_len, torch.Tensor) and seq_len.ndim == 0 and torch.jit.is_tracing():
+            seq_len = int(seq_len)  # a size read under torch.jit.trace (fit_svi(jit=True))
         if not isinstance(seq_len, int) or seq_len <= lag:
             raise ValueError(f"TransitionPrior: seq_len must be an int greater than the lag "
                              f"{lag}, got {seq_len!r}")

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,7 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
@@ -362,6 +363,15 @@ def _batch_len(args) -> int:
     return next(d for d in args if d is not None).shape[0]
 
 
+JIT_PREFIX = "_fit_svi_jit"  # param-store names of a module's parameters during a jit=True fit
+
+
+def _forget_jit_params() -> None:
+    store = pyro.get_param_store()
+    for name in [n for n in store.keys() if n.startswith(JIT_PREFIX + "$$$")]:
+        del store[name]
+
+
 class _Objective:
     """fit_svi's training loss and held-out bound, built in every training process.
 
@@ -374,26 +384,41 @@ class _Objective:
     """
 
     def __init__(self, model, probe, *, elbo: str, num_particles: int, num_data: int,
-                 rescale: bool):
+                 rescale: bool, jit: bool = False):
         self.model, self.elbo, self.num_data = model, elbo, num_data
         self.num_particles = num_particles
         takes_num_data = "num_data" in inspect.signature(model.model).parameters
         self.kwargs = {"num_data": num_data} if takes_num_data else {}
         self.annealing = _ScaleLatents(1.0)
+        self.jit = jit
         if elbo == "iwae":
             probe = tuple(None if d is None else d[:2] for d in probe)
             self.nesting, _ = plate_structure(model.model, model.guide, probe, self.kwargs)
             return
+        options = dict(num_particles=num_particles, vectorize_particles=num_particles > 1)
         if elbo == "traceenum":
-            self.trace_elbo = TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
-                                             vectorize_particles=num_particles > 1)
-        else:
-            self.trace_elbo = Trace_ELBO(num_particles=num_particles,
-                                         vectorize_particles=num_particles > 1)
+            options["max_plate_nesting"] = 1
+        eager, traced = ((TraceEnum_ELBO, JitTraceEnum_ELBO) if elbo == "traceenum"
+                         else (Trace_ELBO, JitTrace_ELBO))
+        self.eager_elbo = eager(**options)
+        self.trace_elbo = traced(ignore_jit_warnings=True, **options) if jit else self.eager_elbo
         model_fn, guide_fn = model.model, model.guide
         if not takes_num_data and rescale:
             model_fn, guide_fn = self._scaled(model_fn), self._scaled(guide_fn)
-        self.annealed = self._annealed(model_fn), self._annealed(guide_fn)
+        self.eager_fns = self._annealed(model_fn), self._annealed(guide_fn)
+        self.annealed = (tuple(self._registered(fn) for fn in self.eager_fns) if jit
+                         else self.eager_fns)
+
+    def _registered(self, fn):
+        # A traced loss takes every parameter as an input, and it finds them as pyro.param
+        # sites: register the module's own parameters (the same tensors) under JIT_PREFIX.
+        if not isinstance(self.model, torch.nn.Module):
+            return fn
+
+        def registered_fn(*args, **kwargs):
+            pyro.module(JIT_PREFIX, self.model)
+            return fn(*args, **kwargs)
+        return registered_fn
 
     def _annealed(self, fn):
         # the messenger costs a stack frame per sample site: enter it only while annealing
@@ -426,17 +451,77 @@ class _Objective:
                     * self._negative_iwae(args, self.kwargs, self.annealing.factor))
         return self.trace_elbo.differentiable_loss(*self.annealed, *args, **self.kwargs)
 
+    def eager_loss(self, args) -> torch.Tensor:
+        """:meth:`loss` without the trace (the same value under the same random numbers)."""
+        if self.elbo == "iwae":
+            return self.loss(args)
+        return self.eager_elbo.differentiable_loss(*self.eager_fns, *args, **self.kwargs)
+
+    def compile(self, batch, seed: int, params: Sequence[torch.Tensor]) -> None:
+        """Trace the loss on ``batch``, check it against the eager loss under the same
+        random numbers and warm the trace up. ``ValueError`` if the loss changes a buffer of
+        the model (a trace would not) or the two losses differ. The global RNG, the model's
+        buffers and the gradients of ``params`` (none) are left as they were."""
+        cuda = [d.device for d in batch if d is not None and d.is_cuda][:1]
+        with torch.random.fork_rng(devices=cuda), _kept_buffers(self.model) as before, \
+                warnings.catch_warnings():
+            # Pyro's JitTrace_ELBO is built on torch.jit.trace, which torch >= 2.9 marks
+            # deprecated (fit_svi's docstring says so)
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated",
+                                    category=DeprecationWarning)
+            torch.manual_seed(seed)
+            eager = float(self.eager_loss(batch).detach())
+            changed = [name for name, value in before.items()
+                       if not torch.equal(self.model.get_buffer(name), value)]
+            if changed:
+                raise ValueError(
+                    f"fit_svi: jit=True: the loss of {type(self.model).__name__} changes its "
+                    f"buffers {changed} (e.g. a step counter); a traced loss would not. Use "
+                    f"jit=False")
+            self.loss(batch)  # traces (and draws its noise three times)
+            torch.manual_seed(seed)
+            traced = float(self.loss(batch).detach())
+            # TorchScript's executor profiles the first runs with gradients and then
+            # optimizes: do that here rather than in the first training steps
+            for _ in range(2):
+                self.loss(batch).backward()
+        for p in params:
+            p.grad = None
+        if not (math.isfinite(traced) and math.isfinite(eager)
+                and abs(traced - eager) <= 1e-4 * max(1.0, abs(eager))):
+            raise ValueError(
+                f"fit_svi: jit=True: the traced loss ({traced:.6g}) differs from the eager loss "
+                f"({eager:.6g}) on the first batch under the same random numbers. A trace "
+                f"fixes Python control flow and Python numbers; this model's computation "
+                f"depends on them (e.g. branches on data values or .item()). Use jit=False")
+
     def negative_bound(self, args):
         if self.elbo == "iwae":
             return self._negative_iwae(args)
-        return self.trace_elbo.loss(self.model.model, self.model.guide, *args)
+        return self.eager_elbo.loss(self.model.model, self.model.guide, *args)
+
+
+@contextlib.contextmanager
+def _kept_buffers(model):
+    """Yield ``{name: copy}`` of ``model``'s buffers and put those values back afterwards:
+    loss evaluations outside training must not move a model's counters."""
+    if not isinstance(model, torch.nn.Module):
+        yield {}
+        return
+    before = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        yield before
+    finally:
+        with torch.no_grad():
+            for name, value in before.items():
+                model.get_buffer(name).copy_(value)
 
 
 def _store_params(objective: _Objective, batch, exclude=()) -> list[torch.Tensor]:
     """The unconstrained ``pyro.param`` sites that one loss evaluation touches and that are
     not in ``exclude`` (the module's own parameters), in name order."""
-    with poutine.trace(param_only=True) as param_capture:
-        objective.loss(batch)
+    with poutine.trace(param_only=True) as param_capture, _kept_buffers(objective.model):
+        objective.eager_loss(batch)
     seen, found = {id(p) for p in exclude}, []
     for name in sorted(param_capture.trace.nodes):
         p = param_capture.trace.nodes[name]["value"].unconstrained()
@@ -494,6 +579,7 @@ def fit_svi(
     num_devices: int | None = None,
     num_nodes: int = 1,
     validate_every_step: bool = False,
+    jit: bool = False,
 ) -> FitResult:
     r"""Fit ``model`` by stochastic variational inference on minibatches of ``data``.
 
@@ -620,6 +706,15 @@ def fit_svi(
         num_devices: processes per machine with ``strategy`` (on CUDA: GPUs; ``None``: every
             visible GPU, or 1 on CPU).
         num_nodes: machines with ``strategy``.
+        jit: trace the loss once with ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``, or
+            ``JitTraceEnum_ELBO`` for ``elbo="traceenum"``) and run the trace at every step:
+            no Python per sample site, so Pyro's overhead goes (B12,
+            ``benchmarks/overhead.py``). For models whose computation is the same for every
+            batch of one size: a trace fixes Python control flow and Python numbers. Before
+            training, the traced loss is checked against the eager loss on the first batch
+            under the same random numbers (a ``ValueError`` if they differ). Needs tensors or
+            a Dataset (fixed batch sizes), ``elbo`` ``"trace"`` or ``"traceenum"``,
+            ``kl_warmup=0`` and no ``strategy``. Held-out evaluations stay eager.
 
     Returns:
         :class:`FitResult`.
@@ -680,6 +775,14 @@ def fit_svi(
                          "its own, so a resumed run could not replay the interrupted one. Pass "
                          "loader.dataset (a map-style Dataset) instead: fit_svi then draws the "
                          "batches itself as a function of (seed, step) and resumes exactly")
+    if jit:
+        for bad, why in ((elbo == "iwae", "elbo='iwae'"), (kl_warmup > 0, f"kl_warmup={kl_warmup}"),
+                         (strategy is not None, f"strategy={strategy!r}"),
+                         (kind == "loader", "a DataLoader (its last batch may be smaller)")):
+            if bad:
+                raise ValueError(f"fit_svi: jit=True cannot be used with {why}: the trace fixes "
+                                 f"the batch size and every Python number in the loss. Use "
+                                 f"jit=False")
     device = resolve_device(device)
     if strategy is not None and device.index is not None:
         raise ValueError(f"fit_svi: with strategy={strategy!r}, device is 'cpu', 'cuda' or "
@@ -768,7 +871,7 @@ def fit_svi(
 
     objective = _Objective(model, first, elbo=elbo, num_particles=num_particles,
                            num_data=num_data,
-                           rescale=batch_size < num_data or kind == "loader")
+                           rescale=batch_size < num_data or kind == "loader", jit=jit)
 
     # Collect parameters: the module's own, plus pyro.param sites of user models.
     params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
@@ -778,6 +881,9 @@ def fit_svi(
     # foreach: one fused update for all parameters instead of a Python loop over them (the
     # CPU default is the loop; B12 measures the difference)
     optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
+    if jit:
+        _forget_jit_params()
+        objective.compile(first, seed, params)
 
     def state():
         return {
@@ -945,6 +1051,8 @@ def fit_svi(
     finally:
         batch_stream.close()  # stops DataLoader workers
         bar.close()
+        if jit:
+            _forget_jit_params()
     elapsed = time.perf_counter() - t0
     if validation is not None and best["state"] is not None:
         load_state(best["state"])
