@@ -7,7 +7,9 @@ log p(x | z) + log p(z | u) - log q(z | x, u) with torch.distributions (Temporal
 ``TransitionPrior`` density), scaled to the full data set like the plate does; both use
 torch.optim.Adam on the same parameters. The ratio is the
 median over interleaved rounds of (fit_svi seconds per step) / (pure-PyTorch seconds per
-step), after two warm-up rounds.
+step), after two warm-up rounds. ``fit_svi(jit=True)`` (the loss traced once with
+``JitTrace_ELBO``) is measured in the same rounds; its one-time tracing cost, outside the
+step times, is reported as ``jit_setup_s``.
 Target: <= 1.25x.
 
     python benchmarks/overhead.py
@@ -62,10 +64,12 @@ def torch_steps(model, x, u, num_steps: int, batch_size: int) -> float:
     return (time.perf_counter() - start) / num_steps
 
 
-def pyro_steps(model, x, u, num_steps: int, batch_size: int) -> float:
+def pyro_steps(model, x, u, num_steps: int, batch_size: int, jit: bool = False):
+    """Seconds per step of ``fit_svi`` and the seconds spent before its first step."""
+    start = time.perf_counter()
     result = fit_svi(model, x, u, num_steps=num_steps, batch_size=batch_size, progress=False,
-                     device="cpu")
-    return result.time_s / num_steps
+                     device="cpu", jit=jit)
+    return result.time_s / num_steps, time.perf_counter() - start - result.time_s
 
 
 def setups():
@@ -82,19 +86,31 @@ def setups():
 
 
 def measure(model, x, u, batch_size, rounds, steps) -> dict:
-    timings = {"torch": [], "fit_svi": []}
+    timings = {"torch": [], "fit_svi": [], "fit_svi_jit": []}
+    setup = {"fit_svi": [], "fit_svi_jit": []}
+
+    def one_round():
+        yield "torch", torch_steps(model, x, u, steps, batch_size), None
+        for name, jit in (("fit_svi", False), ("fit_svi_jit", True)):
+            yield name, *pyro_steps(model, x, u, steps, batch_size, jit)
+
     for _ in range(2):  # warm-up: allocator, thread pools, CPU frequency
-        torch_steps(model, x, u, steps, batch_size)
-        pyro_steps(model, x, u, steps, batch_size)
+        list(one_round())
     for _ in range(rounds):
-        timings["torch"].append(torch_steps(model, x, u, steps, batch_size))
-        timings["fit_svi"].append(pyro_steps(model, x, u, steps, batch_size))
-    ratios = np.array(timings["fit_svi"]) / np.array(timings["torch"])
-    return {"batch_size": batch_size,
-            "ms_per_step": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
-            "ratio_to_torch": float(np.median(ratios)),
-            "ratio_interquartile": [float(q) for q in np.percentile(ratios, [25, 75])],
-            "timings_s_per_step": timings}
+        for name, seconds, before in one_round():
+            timings[name].append(seconds)
+            if before is not None:
+                setup[name].append(before)
+    out = {"batch_size": batch_size,
+           "ms_per_step": {k: float(np.median(v) * 1e3) for k, v in timings.items()},
+           "jit_setup_s": float(np.median(setup["fit_svi_jit"]) - np.median(setup["fit_svi"]))}
+    for name in ("fit_svi", "fit_svi_jit"):
+        ratios = np.array(timings[name]) / np.array(timings["torch"])
+        suffix = "" if name == "fit_svi" else "_jit"
+        out["ratio_to_torch" + suffix] = float(np.median(ratios))
+        out["ratio_interquartile" + suffix] = [float(q) for q in np.percentile(ratios, [25, 75])]
+    out["timings_s_per_step"] = timings
+    return out
 
 
 def main(argv=None):
@@ -114,7 +130,8 @@ def main(argv=None):
         print(f"{name}: ms/step " + ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_step"]
                                               .items())
               + f"; fit_svi / pure torch = {r['ratio_to_torch']:.2f}x (interquartile "
-                f"{low:.2f}-{high:.2f}, {rounds} interleaved rounds)", flush=True)
+                f"{low:.2f}-{high:.2f}), jit=True {r['ratio_to_torch_jit']:.2f}x (tracing "
+                f"{r['jit_setup_s']:.1f} s once); {rounds} interleaved rounds", flush=True)
     payload = {"setting": {"steps_per_round": steps, "rounds": rounds}, "models": results,
                "target_ratio": 1.25}
     path = write("overhead" if not args.quick else "overhead_quick", payload, args.out)
