@@ -97,8 +97,9 @@ def linear_ica(x: torch.Tensor, u: torch.Tensor, latent_dim: int | None = None,
     sums = torch.zeros(len(domains), n, dtype=x.dtype).index_add_(0, u, white)
     seg_mean = sums / counts[:, None]
     centred = white - seg_mean[u]
-    covs = torch.zeros(len(domains), n, n, dtype=x.dtype).index_add_(
-        0, u, centred[:, :, None] * centred[:, None, :]) / counts[:, None, None]
+    # one (n, n) product per domain: memory O(N n), not the O(N n^2) of stacked outer products
+    covs = torch.stack([c.T @ c for c in (centred[u == k] for k in range(len(domains)))])
+    covs = covs / counts[:, None, None]
     weight = counts / counts.sum()
 
     generator = torch.Generator().manual_seed(seed)
@@ -122,14 +123,6 @@ def linear_ica(x: torch.Tensor, u: torch.Tensor, latent_dim: int | None = None,
     w = w / (w @ w.T).diagonal().sqrt()[:, None]  # unit variance on the whitened data
     unmixing = (w @ whiten).to(torch.float32)
     return LinearICA(unmixing=unmixing, mean=mean.to(torch.float32), nll=float(nll(w)))
-
-
-class _Regression(torch.nn.Module):
-    """Wraps a model so :func:`train_minibatch` sees its encoder and decoder."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
 
 def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tensor,
@@ -173,7 +166,7 @@ def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tenso
 
     tensors = [x, z] if u is None else [x, u, z]
     was_training = model.training
-    result = train_minibatch(_Regression(model), loss_fn, tensors, caller="initialize_at",
+    result = train_minibatch(model, loss_fn, tensors, caller="initialize_at",
                              num_steps=num_steps, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, device=device,
                              progress=progress)
