@@ -715,6 +715,8 @@ def fit_svi(
             under the same random numbers (a ``ValueError`` if they differ). Needs tensors or
             a Dataset (fixed batch sizes), ``elbo`` ``"trace"`` or ``"traceenum"``,
             ``kl_warmup=0`` and no ``strategy``. Held-out evaluations stay eager.
+            Pyro's JIT ELBOs are built on ``torch.jit.trace``, which torch >= 2.9 marks
+            deprecated; fit_svi silences that one warning while tracing.
 
     Returns:
         :class:`FitResult`.
