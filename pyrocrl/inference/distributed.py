@@ -130,6 +130,11 @@ class _DistributedSVI(pl.LightningModule):
     # -- set-up: after the process group exists, before the data loader is built ----------
     def setup(self, stage: str) -> None:
         run = self.run
+        if run["forked"] and os.getpid() != run["caller_pid"]:
+            # A forked child inherits the caller's OpenMP thread pool without its threads: its
+            # first parallel region can wait forever (seen with OMP_NUM_THREADS=2 on CPU).
+            # One thread per rank never enters the pool.
+            torch.set_num_threads(1)
         self.rank, self.world_size = self.global_rank, self.trainer.world_size
         self.batches = _Batches(run["num_data"], run["batch_size"], run["seed"])
         self.losses, self.history = [], []
@@ -418,7 +423,8 @@ def fit_ddp(model, run: dict, *, strategy: str, num_devices: int | None, num_nod
     del objective, probe
 
     result_dir = tempfile.mkdtemp(prefix="pyrocrl-ddp-")
-    run = dict(run, caller_pid=os.getpid(), result_path=os.path.join(result_dir, "result.pt"))
+    run = dict(run, caller_pid=os.getpid(), result_path=os.path.join(result_dir, "result.pt"),
+               forked=START_METHODS[strategy] == "fork")
     module = _DistributedSVI(model, run)
     def make_trainer():
         return pl.Trainer(

@@ -188,6 +188,29 @@ def test_ddp_refuses_what_it_cannot_synchronise_before_starting(dataset):
         fit_svi(IVAE(2, 2, 6), dataset.x, dataset.u, **dict(DDP, device="cpu:0"))
 
 
+def test_forked_ranks_do_not_hang_on_the_callers_openmp_threads(tmp_path):
+    """With OMP_NUM_THREADS=2, a caller that ran a parallel region before forking left its
+    children waiting forever on OpenMP's pool in their first layer (each rank now uses one
+    thread). OMP_NUM_THREADS is read when the library loads, hence a fresh interpreter."""
+    script = tmp_path / "fork.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from pyrocrl import simulate
+        from pyrocrl.inference import fit_svi
+        from pyrocrl.models import IVAE
+        ds = simulate.nonstationary_sources(num_latents=2, num_domains=6,
+                                            samples_per_domain=100, seed=0)
+        torch.nn.Linear(64, 64)(torch.randn(512, 64))  # the caller's own parallel work
+        result = fit_svi(IVAE(2, 2, 6), ds.x, ds.u, num_steps=10, batch_size=64,
+                         progress=False, device="cpu", strategy="ddp_fork", num_devices=2)
+        print("finished", len(result.losses))
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=240, cwd=os.getcwd())
+    assert done.returncode == 0 and "finished 10" in done.stdout, done.stdout + done.stderr
+
+
 # ---- the way users launch it: a script, on one or several machines --------------------------
 
 STEPS = 400
