@@ -92,12 +92,16 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
 
     ``init="linear"`` starts the model at the linear ICA solution of ``(x, u)``
     (:func:`~pyrocrl.inference.initialize_linear`, ``init_steps`` regression steps, counted in
-    the fit time) instead of at random."""
+    the fit time) instead of at random. ``fit_options`` go to
+    :func:`~pyrocrl.inference.fit_svi`; a ``validation`` given as a :class:`Dataset` split is
+    passed as the model sees it (frames for the i.i.d. models, like ``train``)."""
     _check_init(init, "fit_and_score")
     pyro.set_rng_seed(seed)
     model = build_model(name, train, **dict(model_options or {}))
     defaults = TEMPORAL_FIT if name in SEQUENCE_MODELS else IID_FIT
     options = {**defaults, **fit_options}
+    if isinstance(options.get("validation"), Dataset):
+        options["validation"] = _model_inputs(name, options["validation"])
     t0 = time.perf_counter()
     if init == "linear":
         initialize_linear(model, *_model_inputs(name, train), num_steps=init_steps, seed=seed,

@@ -44,7 +44,11 @@ class LatentVariableModel(PyroModule):
     # -- shared pieces -------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the model's parameters (or, without any, its buffers) live; CPU if neither."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return torch.device("cpu") if tensor is None else tensor.device
 
     @staticmethod
     def data_plate(batch_size: int, num_data: int | None = None, device=None) -> pyro.plate:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,16 @@ def test_fit_and_score_linear_start_runs_and_names_a_bad_init(linear_data):
     assert float(run.mcc) >= 0.9  # 300 regression steps onto the linear ICA, 50 SVI steps
     with pytest.raises(ValueError, match="init must be 'random' or 'linear', got 'pca'"):
         fit_and_score("ivae", train, test, num_steps=5, init="pca")
+
+
+def test_fit_and_score_passes_a_validation_split_as_the_model_sees_it():
+    from pyrocrl.experiments import fit_and_score
+
+    ds = simulate.nonstationary_temporal(num_latents=2, lag=1, num_domains=4, obs_dim=3,
+                                         num_sequences=60, seq_len=5, setting="change", seed=0)
+    train, rest = ds.split(0.6, seed=0)
+    val, test = rest.split(0.5, seed=0)
+    for name in ("ivae", "temporal_vae"):  # frames for the i.i.d. model, sequences otherwise
+        run = fit_and_score(name, train, test, num_steps=20, validation=val, log_every=10)
+        assert [step for step, _ in run.fit.validation_losses] == [10, 20]
+        assert np.isfinite([loss for _, loss in run.fit.validation_losses]).all()

@@ -331,3 +331,10 @@ def test_dmm_trains_with_fit_svi_and_encodes(sequences):
 def test_dmm_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DeepMarkovModel(3, 2, **kwargs)
+
+
+def test_a_model_with_every_matrix_given_has_a_device():
+    """Every matrix fixed: no parameters, only buffers; ``device`` follows the buffers."""
+    ds = simulate.linear_gaussian(2, 3, num_sequences=4, seq_len=5, seed=0)
+    fixed = LinearGaussianSSM(2, 3, **{name: ds.info[name] for name in MATRIX_NAMES})
+    assert next(fixed.parameters(), None) is None and fixed.device == torch.device("cpu")
