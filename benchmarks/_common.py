@@ -43,6 +43,7 @@ def write(name: str, payload: dict, out: Path | None = None) -> Path:
                "date": time.strftime("%Y-%m-%d"), **payload}
     path = out / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
     return path
 
 
@@ -50,4 +51,4 @@ def save_figure(fig, path: Path) -> None:
     """Save ``fig`` beside the JSON result ``path`` (same name, ``.png``) and say where."""
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=120)
-    print(f"wrote {path}")
+    print(f"wrote {path.with_suffix('.png')}")

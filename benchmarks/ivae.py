@@ -111,7 +111,6 @@ def main(argv=None):
         print(f"{layers}-layer mixing: " + ", ".join(
             f"{label} {block[label]['mcc']['mean']:.3f} +- {block[label]['mcc']['std']:.3f}"
             for label in VARIANTS))
-    print(f"wrote {path}")
     return summary
 
 

@@ -84,11 +84,10 @@ def main(argv=None):
             rows.append(row)
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
                   flush=True)
-    path = write("ivae_optimum_quick" if args.quick else "ivae_optimum", {
+    write("ivae_optimum_quick" if args.quick else "ivae_optimum", {
         "setting": {**size, "data_seed": args.data_seed, "fit": IID_FIT,
                     "note": "oracle starts use ground truth to diagnose, not to select"},
         "runs": rows}, args.out)
-    print(f"wrote {path}")
     return rows
 
 

@@ -134,8 +134,7 @@ def main(argv=None):
                 f"{r['jit_setup_s']:.1f} s once); {rounds} interleaved rounds", flush=True)
     payload = {"setting": {"steps_per_round": steps, "rounds": rounds}, "models": results,
                "target_ratio": 1.25}
-    path = write("overhead" if not args.quick else "overhead_quick", payload, args.out)
-    print(f"wrote {path}")
+    write("overhead" if not args.quick else "overhead_quick", payload, args.out)
     return payload
 
 

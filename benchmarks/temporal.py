@@ -175,7 +175,6 @@ def main(argv=None):
         save_figure(fig, path)
     for key, block in summary.items():
         print(key, {m: round(v["mcc"]["mean"], 3) for m, v in block.items() if "mcc" in v})
-    print(f"wrote {path}")
     return summary
 
 

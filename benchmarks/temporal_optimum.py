@@ -78,11 +78,10 @@ def main(argv=None):
            "mcc_at_start": start_mcc, **fit(model, train, test, size["steps"], 0)}
     rows.append(row)
     print(row)
-    path = write("temporal_optimum_quick" if args.quick else "temporal_optimum", {
+    write("temporal_optimum_quick" if args.quick else "temporal_optimum", {
         "setting": {**size, "data_seed": args.data_seed, "mixing_layers": 3,
                     "note": "oracle start uses ground truth to diagnose, not to select"},
         "runs": rows}, args.out)
-    print(f"wrote {path}")
     return rows
 
 
