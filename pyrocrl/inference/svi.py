@@ -390,7 +390,6 @@ class _Objective:
         takes_num_data = "num_data" in inspect.signature(model.model).parameters
         self.kwargs = {"num_data": num_data} if takes_num_data else {}
         self.annealing = _ScaleLatents(1.0)
-        self.jit = jit
         if elbo == "iwae":
             probe = tuple(None if d is None else d[:2] for d in probe)
             self.nesting, _ = plate_structure(model.model, model.guide, probe, self.kwargs)
@@ -885,7 +884,11 @@ def fit_svi(
     optimizer = torch.optim.Adam(params, lr=learning_rate, foreach=True)
     if jit:
         _forget_jit_params()
-        objective.compile(first, seed, params)
+        try:
+            objective.compile(first, seed, params)
+        except Exception:
+            _forget_jit_params()  # a refused model leaves the param store as it found it
+            raise
 
     def state():
         return {

@@ -107,14 +107,17 @@ class Counting(IVAE):
 
 
 def test_a_model_a_trace_cannot_follow_is_refused_before_training():
+    pyro.clear_param_store()
     x, u = iid()
     with pytest.raises(ValueError, match="traced loss .* differs from the eager loss"):
         fit_svi(Counting(4, 2, 6), x, u, num_steps=5, progress=False, device="cpu", jit=True)
+    assert len(pyro.get_param_store()) == 0  # the borrowed parameters were handed back
     # the Deep Markov Model counts its training steps in a buffer (for KL annealing)
     dmm = DeepMarkovModel(3, 2, transition_dim=8, rnn_dim=8, emission_dim=8)
     with pytest.raises(ValueError, match=r"changes its buffers \['annealing_step'\]"):
         fit_svi(dmm, *gaussian_sequences(), num_steps=5, progress=False, device="cpu", jit=True)
     assert int(dmm.annealing_step) == 0  # and the refused attempt left no trace in the model
+    assert len(pyro.get_param_store()) == 0  # nor in the param store
 
 
 @pytest.mark.parametrize("kwargs, match", [
