@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("_"))
 COVERED = ["concepts", "factor_analysis", "ivae", "ivae_optimum", "kalman", "latent_dag", "margin",
-           "overhead", "sae", "temporal", "temporal_optimum"]
+           "overhead", "sae", "temporal", "temporal_optimum", "throughput"]
 
 
 def test_every_benchmark_is_covered():
