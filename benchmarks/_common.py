@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +13,15 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark script has; ``doc``'s first paragraph describes it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a seconds-long run (the tests')")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: benchmarks/results)")
+    return parser
 
 
 def machine() -> dict:

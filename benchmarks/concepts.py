@@ -18,7 +18,6 @@ trend (accuracy rises with the number of observed variables) is the published an
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 
 from pyrocrl import simulate
 from pyrocrl.experiments import concept_experiment
@@ -49,9 +48,7 @@ def summarize(rows, key):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL

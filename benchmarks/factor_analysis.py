@@ -13,7 +13,6 @@ factor *subspace*, which is identified either way).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 
 from pyrocrl import diagnostics, simulate
 from pyrocrl.experiments import fit_factor_analysis
@@ -35,9 +34,7 @@ QUICK = dict(seeds=[0], inits=[0, 1], steps=20, num_samples=300)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = benchmark_parser(__doc__)
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     rows = []

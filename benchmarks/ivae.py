@@ -22,7 +22,6 @@ The same data with a linear mixing (``mixing_layers=1``) is run as a control.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from _common import mean_std, write
+from _common import benchmark_parser, mean_std, write
 
 from pyrocrl import simulate
 from pyrocrl.experiments import fit_and_score
@@ -54,11 +53,9 @@ PUBLISHED_IVAE = 0.9
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mixing-layers", type=int, nargs="+", default=[3, 1],
                         help="mixing depths to run (3 = the published setting, 1 = linear)")

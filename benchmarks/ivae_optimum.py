@@ -20,7 +20,6 @@ reach, the random starts fail to find it (an optimization problem).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pyro
-from _common import write
+from _common import benchmark_parser, write
 
 from pyrocrl import diagnostics, models, simulate
 from pyrocrl.experiments import IID_FIT
@@ -66,10 +65,8 @@ def run(train, test, covariance, start, size, seed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     rows = []

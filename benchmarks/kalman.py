@@ -20,7 +20,6 @@ more threads than the other.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from _common import mean_std, write
+from _common import benchmark_parser, mean_std, write
 
 from pyrocrl import simulate
 from pyrocrl.models import LinearGaussianSSM
@@ -130,9 +129,7 @@ def run_seed(seed: int, size: dict) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = benchmark_parser(__doc__)
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     rows = []

@@ -17,7 +17,6 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 
 from pyrocrl import diagnostics, models, simulate
 from pyrocrl.experiments import fit_latent_causal
@@ -64,9 +63,7 @@ def lcd_recovery(size):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL

@@ -9,7 +9,6 @@ Gaussian fit loses when two true sources are rotated. An estimator whose approxi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 
 from pyrocrl import simulate
 from pyrocrl.diagnostics import rotation_margin
@@ -30,10 +29,8 @@ VARIANCE_RANGES = [(0.5, 3.0), (0.1, 10.0)]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     size = dict(num_latents=5, num_domains=40, samples_per_domain=1000)
     if args.quick:

@@ -18,7 +18,6 @@ Target: <= 1.25x.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pyro
 import torch
-from _common import write
+from _common import benchmark_parser, write
 from torch.distributions import Normal
 
 from pyrocrl import simulate
@@ -114,11 +113,9 @@ def measure(model, x, u, batch_size, rounds, steps) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
 

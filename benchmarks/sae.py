@@ -16,7 +16,6 @@ codes); PCC of codes with the true codes (no exp) and the fraction of atoms reco
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 from sklearn.linear_model import LogisticRegression
 
 from pyrocrl import models, simulate
@@ -61,10 +60,8 @@ def concept_activations(size, seed, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL

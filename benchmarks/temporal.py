@@ -27,7 +27,6 @@ baselines <= 0.47.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from _common import mean_std, save_figure, write
+from _common import benchmark_parser, mean_std, save_figure, write
 
 from pyrocrl import diagnostics, simulate
 from pyrocrl.experiments import fit_and_score
@@ -83,9 +82,8 @@ def variability(ds, num_points: int = 200) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--size", choices=["cpu", "full"], default="cpu")
-    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=["fixed", "change", "regimes"])
     parser.add_argument("--regimes", type=int, nargs="+", default=REGIMES)
@@ -94,7 +92,6 @@ def main(argv=None):
                         help="models/variants to run instead of each setting's default list "
                              f"(variants: {', '.join(VARIANTS)})")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--tag", default=None,
                         help="suffix of the result file (temporal_<tag>.json), e.g. to keep "
                              "runs of different settings apart")

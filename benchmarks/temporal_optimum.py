@@ -15,7 +15,6 @@ in the ELBO) and the random starts fail to find it (an optimization problem).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import pyro
-from _common import write
+from _common import benchmark_parser, write
 
 from pyrocrl import diagnostics, models, simulate
 from pyrocrl.experiments import TEMPORAL_FIT
@@ -43,10 +42,8 @@ def fit(model, train, test, steps, seed) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--data-seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     ds = simulate.nonstationary_temporal(num_latents=3, lag=1, num_domains=5, obs_dim=6,

@@ -20,7 +20,6 @@ and the README says so.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import pyro
 import torch
-from _common import write
+from _common import benchmark_parser, write
 
 from pyrocrl import simulate
 from pyrocrl.inference import fit_sae, fit_svi
@@ -80,9 +79,7 @@ def measure(train, make_model, data, batch, steps, repeats, device, jit) -> dict
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser = benchmark_parser(__doc__)
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
