@@ -691,7 +691,8 @@ def fit_svi(
               the processes and waits; the fitted parameters are loaded back into ``model``.
               Spawn pickles the model and the data (guard the script with
               ``if __name__ == "__main__":``); fork shares them (Linux; on CUDA only if the
-              caller has not initialised CUDA).
+              caller has not initialised CUDA; on CPU each forked rank computes with one
+              thread, since a fork cannot take the caller's OpenMP threads along).
 
             Works with tensors or a Dataset (not a DataLoader: the shards are drawn by
             fit_svi), every ``elbo``, ``kl_warmup``, ``learning_rate_decay``, ``clip_norm``,
