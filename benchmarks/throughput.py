@@ -42,7 +42,9 @@ QUICK = dict(steps=5, repeats=1, num_sequences=256, samples_per_domain=20, num_t
 
 
 def workloads(size):
-    """``name -> (unit, data, make_model, train(model, data, batch, steps, device, jit))``."""
+    """``name -> (unit, data, make_model, train, jits)``: ``train(model, data, batch, steps,
+    device, jit)`` runs the package's loop and returns its FitResult; ``jits`` are the
+    ``jit`` settings measured (the SAE loop is plain torch: eager only)."""
     seq = simulate.nonstationary_temporal(num_latents=4, lag=2, num_domains=5, obs_dim=8,
                                           num_sequences=size["num_sequences"], seq_len=10,
                                           setting="change", seed=0)
