@@ -10,7 +10,7 @@ from pyrocrl.simulate.latent_dag import LatentSEM, latent_dag
 from pyrocrl.simulate.linear_gaussian import linear_gaussian
 from pyrocrl.simulate.mixing import MIXINGS, LeakyReLUMLPMixing, make_mixing
 from pyrocrl.simulate.pendulum import pendulum
-from pyrocrl.simulate.sources import NonstationarySources, nonstationary_sources
+from pyrocrl.simulate.sources import NonstationarySources, exact_log_prob, nonstationary_sources
 from pyrocrl.simulate.temporal import TemporalProcess, nonstationary_temporal
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "TemporalProcess",
     "counterfactual_pairs",
     "discrete_concepts",
+    "exact_log_prob",
     "factor_model",
     "latent_dag",
     "linear_gaussian",

@@ -49,6 +49,10 @@ class LeakyReLUMLPMixing(nn.Module):
         negative_slope: slope of the leaky ReLU for negative inputs, in (0, 1].
         weights: ``"orthogonal"`` (orthonormal columns) or ``"condition"`` (Gaussian,
             condition number below the 25% quantile, as in the iVAE and TCL experiments).
+            The weights are drawn so; :meth:`rescale_output` (which the simulators'
+            ``standardize=True`` applies) then scales the rows of the last one, so a
+            standardized "orthogonal" mixing's last layer is orthogonal only up to a
+            per-feature scale.
         seed: fixes the weights.
     """
 
@@ -104,6 +108,30 @@ class LeakyReLUMLPMixing(nn.Module):
             if i < self.num_layers - 1:
                 h = nn.functional.leaky_relu(h, self.negative_slope)
         return h
+
+    def jacobian(self, z: torch.Tensor) -> torch.Tensor:
+        r"""The Jacobian :math:`J_g(z) = W_L D_{L-1} W_{L-1} \cdots D_1 W_1` at every point,
+        ``z: (N, n)`` -> ``(N, D, n)``, with :math:`D_l` the diagonal of leaky-ReLU slopes
+        (1 or ``negative_slope``) at layer :math:`l`'s pre-activations."""
+        h, jac = z, None
+        for i, w in enumerate(self.weights):
+            w = w.to(z.dtype)
+            h = h @ w.T
+            jac = w.expand(len(z), *w.shape) if jac is None else w @ jac
+            if i < self.num_layers - 1:
+                slope = torch.where(h >= 0, 1.0, self.negative_slope).to(z.dtype)
+                jac = slope[..., None] * jac
+                h = nn.functional.leaky_relu(h, self.negative_slope)
+        return jac
+
+    def log_volume(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\tfrac12 \log\det(J_g(z)^\top J_g(z))` per point, ``(N,)``: the change of
+        volume from the sources to the (n-dimensional) image of :math:`g`, so the exact
+        density of a noise-free ``x = g(z)`` on that image is
+        :math:`\log p(x) = \log p(z) - \tfrac12 \log\det(J^\top J)` (for ``obs_dim == n``,
+        :math:`\log|\det J_g|`)."""
+        jac = self.jacobian(z)
+        return 0.5 * torch.linalg.slogdet(jac.transpose(-1, -2) @ jac)[1]
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (..., D)`` on the image of the mixing -> ``z: (..., n)``."""

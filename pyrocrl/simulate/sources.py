@@ -149,3 +149,30 @@ def nonstationary_sources(
         observation_noise=observation_noise, standardize=standardize,
     )
     return Dataset(x=x, z=z, u=u, info=info)
+
+
+def exact_log_prob(dataset: Dataset) -> torch.Tensor:
+    r"""The true ``log p(x | u)`` of each point of a noise-free :func:`nonstationary_sources`
+    data set (or a split of one), ``(N,)``:
+
+    .. math::
+        \log p(x \mid u) = \log p(z \mid u) - \tfrac12 \log\det\big(J_g(z)^\top J_g(z)\big),
+        \qquad x = g(z),
+
+    the density on the image of :math:`g` (for ``obs_dim == n``, the ordinary density of
+    ``x``). Its negative mean is the lowest loss per point any model of ``x`` can reach on
+    average: ``benchmarks/ivae_optimum.py`` compares it with the negative ELBO a fit ends at.
+    Uses the ground truth (``z`` and the stored mixing), so it is a diagnostic, never a
+    training signal.
+    """
+    info = dataset.info
+    if "process" not in info or not hasattr(info.get("mixing"), "log_volume"):
+        raise ValueError("exact_log_prob: dataset must come from nonstationary_sources with a "
+                         "registered mixing (info['process'] and info['mixing'])")
+    if info.get("observation_noise", 0.0) > 0:
+        raise ValueError(f"exact_log_prob: needs noise-free x, the data set has "
+                         f"observation_noise={info['observation_noise']}")
+    z = dataset.z.double()
+    with torch.no_grad():
+        log_volume = info["mixing"].log_volume(z)
+    return info["process"].log_prob(dataset.z, dataset.u).double() - log_volume

@@ -119,3 +119,33 @@ def test_split_is_a_seeded_partition():
     torch.testing.assert_close(ds.info["mixing"](test.z), test.x)
     with pytest.raises(ValueError, match="frac"):
         ds.split(1.0)
+
+
+@pytest.mark.parametrize("obs_dim", [3, 6])
+def test_mixing_jacobian_and_log_volume_match_autograd(obs_dim):
+    g = simulate.make_mixing("leaky_mlp", 3, obs_dim, seed=2, num_layers=3)
+    z = torch.randn(300, 3, dtype=torch.float64)
+    reference = torch.func.vmap(torch.func.jacrev(g))(z)
+    torch.testing.assert_close(g.jacobian(z), reference)
+    volume = 0.5 * torch.linalg.slogdet(reference.mT @ reference)[1]
+    torch.testing.assert_close(g.log_volume(z), volume)
+    if obs_dim == 3:
+        torch.testing.assert_close(g.log_volume(z), torch.linalg.slogdet(reference)[1])
+
+
+def test_exact_log_prob_of_a_linear_mixing_is_the_gaussian_of_x():
+    # independent reference: x | u ~ N(0, A diag(sigma_u^2) A^T) for x = A z
+    ds = small(mixing_layers=1)
+    a = ds.info["mixing"].weights[0].double()
+    scale = ds.info["process"].scale.double()[ds.u]
+    cov = a @ torch.diag_embed(scale**2) @ a.T
+    reference = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), cov)
+    torch.testing.assert_close(simulate.exact_log_prob(ds),
+                               reference.log_prob(ds.x.double()), rtol=1e-4, atol=1e-4)
+    _, test = ds.split(0.5, seed=0)
+    assert simulate.exact_log_prob(test).shape == (len(test),)
+
+
+def test_exact_log_prob_refuses_noisy_data():
+    with pytest.raises(ValueError, match="observation_noise=0.1"):
+        simulate.exact_log_prob(small(observation_noise=0.1))
