@@ -109,29 +109,15 @@ class LeakyReLUMLPMixing(nn.Module):
                 h = nn.functional.leaky_relu(h, self.negative_slope)
         return h
 
-    def jacobian(self, z: torch.Tensor) -> torch.Tensor:
-        r"""The Jacobian :math:`J_g(z) = W_L D_{L-1} W_{L-1} \cdots D_1 W_1` at every point,
-        ``z: (N, n)`` -> ``(N, D, n)``, with :math:`D_l` the diagonal of leaky-ReLU slopes
-        (1 or ``negative_slope``) at layer :math:`l`'s pre-activations."""
-        h, jac = z, None
-        for i, w in enumerate(self.weights):
-            w = w.to(z.dtype)
-            h = h @ w.T
-            jac = w.expand(len(z), *w.shape) if jac is None else w @ jac
-            if i < self.num_layers - 1:
-                slope = torch.where(h >= 0, 1.0, self.negative_slope).to(z.dtype)
-                jac = slope[..., None] * jac
-                h = nn.functional.leaky_relu(h, self.negative_slope)
-        return jac
-
     def log_volume(self, z: torch.Tensor) -> torch.Tensor:
-        r""":math:`\tfrac12 \log\det(J_g(z)^\top J_g(z))` per point, ``(N,)``: the change of
+        r""":math:`\tfrac12 \log\det(J_g(z)^\top J_g(z))` per point for ``z: (N, n)``,
+        ``(N,)``, with the Jacobian :math:`J_g` from ``torch.func``: the change of
         volume from the sources to the (n-dimensional) image of :math:`g`, so the exact
         density of a noise-free ``x = g(z)`` on that image is
         :math:`\log p(x) = \log p(z) - \tfrac12 \log\det(J^\top J)` (for ``obs_dim == n``,
         :math:`\log|\det J_g|`)."""
-        jac = self.jacobian(z)
-        return 0.5 * torch.linalg.slogdet(jac.transpose(-1, -2) @ jac)[1]
+        jac = torch.func.vmap(torch.func.jacrev(self))(z)  # (N, D, n)
+        return 0.5 * torch.linalg.slogdet(jac.mT @ jac)[1]
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         """``x: (..., D)`` on the image of the mixing -> ``z: (..., n)``."""
