@@ -3,6 +3,7 @@ how good the guide is."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,27 @@ def _dims(name: str, ndim: int, observed: bool) -> list[str]:
         ndim, ["obs"] + [f"{name}_dim_{i}" for i in range(1, ndim)])
 
 
+def _stack_steps(arrays: dict, axis: int, total: bool = False) -> dict:
+    """Join per-time-step sites ``name_1, ..., name_T`` (consecutive indices, equal shapes;
+    Pyro's ``pyro.markov`` convention, e.g. the DMM's ``z_t``/``x_t``) into one array ``name``
+    with the steps along ``axis`` — or, with ``total``, summed over the steps (a sequence's
+    log-likelihood is the sum of its steps'). Other sites pass through unchanged."""
+    steps: dict[str, dict[int, str]] = {}
+    for key in arrays:
+        match = re.fullmatch(r"(.+)_(\d+)", key)
+        if match:
+            steps.setdefault(match[1], {})[int(match[2])] = key
+    out = dict(arrays)
+    for base, keys in steps.items():
+        order = sorted(keys)
+        if (base in arrays or len(order) < 2 or order != list(range(order[0], order[0] + len(order)))
+                or len({arrays[keys[t]].shape for t in order}) != 1):
+            continue
+        stacked = torch.stack([out.pop(keys[t]) for t in order], dim=axis)
+        out[base] = stacked.sum(axis) if total else stacked
+    return out
+
+
 def _with_rng(seed):
     return torch.random.fork_rng(devices=[torch.cuda.current_device()]
                                  if torch.cuda.is_available() else [])
@@ -55,7 +77,10 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
     ``posterior_predictive`` (the observed sites re-sampled given each posterior draw),
     ``log_likelihood`` (per data point: the observed sites' log-density summed over all
     non-sample dimensions, dims ``chain, draw, obs``) and ``observed_data``. So
-    ``az.summary``, ``az.loo`` and ``az.plot_ppc`` work. Samples come from the variational
+    ``az.summary``, ``az.loo`` and ``az.plot_ppc`` work. Per-time-step sites ``z_1, ...,
+    z_T`` (a model written with ``pyro.markov``, e.g. the DMM) become one variable ``z`` with
+    a ``time`` dim, and their log-likelihood is summed over the steps (one value per
+    sequence, the unit ``az.loo`` leaves out). Samples come from the variational
     guide, not the exact posterior: check it with :func:`guide_khat`. For MCMC runs use
     ``az.from_pyro``.
 
@@ -86,6 +111,11 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
             trace.compute_log_prob()
             observed_values = {k: trace.nodes[k]["value"] for k in observed}
             log_lik = {k: per_datum(trace.nodes[k]["log_prob"]) for k in observed}
+            # per-step sites become one variable with a "time" dim (after "obs")
+            latents = _stack_steps(latents, axis=2)
+            predictive = _stack_steps({k: samples[k] for k in observed}, axis=2)
+            observed_values = _stack_steps(observed_values, axis=1)
+            log_lik = _stack_steps(log_lik, axis=2, total=True)
     finally:
         if isinstance(model, torch.nn.Module):
             model.train(was_training)
@@ -102,7 +132,7 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
 
     return az.InferenceData(
         posterior=group(latents, observed_group=False),
-        posterior_predictive=group({k: samples[k] for k in observed}, observed_group=True),
+        posterior_predictive=group(predictive, observed_group=True),
         log_likelihood=group(log_lik, observed_group=True),
         observed_data=group(observed_values, observed_group=True, with_chain=False),
     )

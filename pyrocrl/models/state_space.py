@@ -401,7 +401,8 @@ class DeepMarkovModel(SequenceModel):
 
     **Sample sites.** One site per time step, inside plate ``"data"`` and ``pyro.markov``:
     latents ``"z_1"``, ..., ``"z_T"`` (model and guide) and observations ``"x_1"``, ...,
-    ``"x_T"`` (model).
+    ``"x_T"`` (model). :func:`pyrocrl.inference.to_inference_data` joins them into ``z`` and
+    ``x`` with a ``time`` dim, with one log-likelihood per sequence.
 
     **KL annealing.** The latent sites of model and guide are multiplied (``poutine.scale``)
     by :attr:`annealing_factor`, which ramps linearly from ``minimum_annealing_factor`` to 1

@@ -95,3 +95,39 @@ def test_bad_num_samples(fitted):
         to_inference_data(model, x, u, num_samples=0)
     with pytest.raises(ValueError, match="u is required"):
         to_inference_data(model, x)
+
+
+def test_per_step_sites_of_a_sequence_model_become_one_variable_with_a_time_dim():
+    from pyrocrl.models import DeepMarkovModel
+
+    ds = simulate.linear_gaussian(state_dim=2, obs_dim=3, num_sequences=12, seq_len=5, seed=0)
+    pyro.set_rng_seed(0)
+    model = DeepMarkovModel(3, 2, transition_dim=8, rnn_dim=8, emission_dim=8)
+    idata = to_inference_data(model, ds.x, num_samples=15)
+    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "time", "latent")
+    assert idata.posterior["z"].shape == (1, 15, 12, 5, 2)
+    assert list(idata.posterior.data_vars) == ["z"]
+    assert idata.posterior_predictive["x"].dims == ("chain", "draw", "obs", "time", "feature")
+    np.testing.assert_array_equal(idata.observed_data["x"].values, ds.x.numpy())
+    # one log-likelihood per sequence: the sum of its steps', recomputed here from the draws
+    z = torch.as_tensor(idata.posterior["z"].values[0])  # (15, 12, 5, 2)
+    with torch.no_grad():
+        expected = dist.Normal(model.emitter(z), model.obs_scale).log_prob(ds.x).sum((-1, -2))
+    assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], expected.numpy(), rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isfinite(az.loo(idata).elpd_loo)  # several per-step arrays made loo refuse
+
+
+def test_stack_steps_leaves_sites_that_are_not_a_run_of_steps_alone():
+    from pyrocrl.inference.posterior import _stack_steps
+
+    a = torch.zeros(4, 3)
+    arrays = {"w_1": a, "w_3": a, "v_1": a, "v_2": torch.zeros(4, 2), "y": a, "y_1": a,
+              "y_2": a, "s_0": a, "s_1": a}
+    out = _stack_steps(arrays, axis=1)
+    # gaps, unequal shapes and a clash with an existing name stay; s_0, s_1 is a run
+    assert set(out) == {"w_1", "w_3", "v_1", "v_2", "y", "y_1", "y_2", "s"}
+    assert out["s"].shape == (4, 2, 3)
+    assert _stack_steps({"s_1": a, "s_2": a}, axis=1, total=True)["s"].shape == (4, 3)
