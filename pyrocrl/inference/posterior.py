@@ -57,7 +57,8 @@ def _stack_steps(arrays: dict, axis: int, total: bool = False) -> dict:
     out = dict(arrays)
     for base, keys in steps.items():
         order = sorted(keys)
-        if (base in arrays or len(order) < 2 or order != list(range(order[0], order[0] + len(order)))
+        run = order == list(range(order[0], order[0] + len(order)))
+        if (base in arrays or len(order) < 2 or not run
                 or len({arrays[keys[t]].shape for t in order}) != 1):
             continue
         stacked = torch.stack([out.pop(keys[t]) for t in order], dim=axis)
