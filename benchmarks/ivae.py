@@ -18,6 +18,8 @@ The same data with a linear mixing (``mixing_layers=1``) is run as a control.
     python benchmarks/ivae.py --quick       # seconds, for the test suite
     python benchmarks/ivae.py --variants ivae_linear_iwae --mixing-layers 3
                                             # -> results/ivae_ivae_linear_iwae.json
+    python benchmarks/ivae.py --variants ivae_linear --mixing-layers 3 --steps 80000
+                                            # -> results/ivae_ivae_linear_80000steps.json
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ PUBLISHED_IVAE = 0.9
 def main(argv=None):
     parser = benchmark_parser(__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="SVI steps per fit (default 20000); another number is added to "
+                             "the result's name")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mixing-layers", type=int, nargs="+", default=[3, 1],
                         help="mixing depths to run (3 = the published setting, 1 = linear)")
@@ -93,6 +97,8 @@ def main(argv=None):
                 for metric in ("mcc", "mcc_spearman", "affine_r2", "fit_seconds")}
         for label in variants} for layers in args.mixing_layers}
     name = "ivae" if args.variants == DEFAULT_VARIANTS else "_".join(["ivae"] + args.variants)
+    if args.steps and not args.quick:
+        name += f"_{args.steps}steps"
     path = write(name + ("_quick" if args.quick else ""), {
         "setting": {**size, "mixing_layers": args.mixing_layers, "split": "80/20 held-out",
                     "seeds": args.seeds},
