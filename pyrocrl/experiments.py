@@ -11,7 +11,7 @@ import pyro
 import torch
 
 from pyrocrl import diagnostics, models
-from pyrocrl.inference import FitResult, fit_svi, initialize_linear
+from pyrocrl.inference import FitResult, fit_svi, initialize_contrastive, initialize_linear
 from pyrocrl.simulate import Dataset
 
 #: Training settings for the i.i.d. models on nonstationary sources (B1/B2, the demo and the
@@ -78,9 +78,21 @@ def _model_inputs(name: str, ds: Dataset):
     return ds.x, ds.u
 
 
+INITS = ("random", "linear", "contrastive")
+
+
 def _check_init(init, caller: str) -> None:
-    if init not in ("random", "linear"):
-        raise ValueError(f"{caller}: init must be 'random' or 'linear', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"{caller}: init must be one of {INITS}, got {init!r}")
+
+
+def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batch_size: int):
+    """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time."""
+    if init == "linear":
+        initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
+                          batch_size=batch_size)
+    elif init == "contrastive":
+        initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed, device=device)
 
 
 def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed: int = 0,
@@ -92,7 +104,9 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
 
     ``init="linear"`` starts the model at the linear ICA solution of ``(x, u)``
     (:func:`~pyrocrl.inference.initialize_linear`, ``init_steps`` regression steps, counted in
-    the fit time) instead of at random. ``fit_options`` go to
+    the fit time) instead of at random; ``init="contrastive"`` starts it at the environment
+    classifier of :func:`~pyrocrl.inference.initialize_contrastive` (``init_steps``
+    classification steps). ``fit_options`` go to
     :func:`~pyrocrl.inference.fit_svi`; a ``validation`` given as a :class:`Dataset` split is
     passed as the model sees it (frames for the i.i.d. models, like ``train``)."""
     _check_init(init, "fit_and_score")
@@ -103,9 +117,8 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     if isinstance(options.get("validation"), Dataset):
         options["validation"] = _model_inputs(name, options["validation"])
     t0 = time.perf_counter()
-    if init == "linear":
-        initialize_linear(model, *_model_inputs(name, train), num_steps=init_steps, seed=seed,
-                          device=device, batch_size=options["batch_size"])
+    _initialize(model, init, *_model_inputs(name, train), init_steps, seed, device,
+                options["batch_size"])
     result = fit_svi(model, *_model_inputs(name, train), num_steps=num_steps, seed=seed,
                      device=device, progress=progress, **options)
     result.time_s = time.perf_counter() - t0
@@ -251,7 +264,10 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     after every stage — MCC, MCC with latents matched by the known targets (no permutation
     search), affine R² — and the learned graph (SHD, F1) against the truth. Nothing is
     chosen with ground truth: the returned model is the last stage's. ``init="linear"``
-    starts the networks at the linear ICA solution of ``(x, u)`` (see :func:`fit_and_score`).
+    starts the networks at the linear ICA solution of ``(x, u)`` (see :func:`fit_and_score`);
+    ``init="contrastive"`` starts the networks *and the SEM prior* at the environment
+    classifier of :func:`~pyrocrl.inference.initialize_contrastive` (``init_steps``
+    classification steps), and that start is scored too (stage ``"contrastive"``).
     """
     _check_init(init, "fit_latent_causal")
     n, num_envs = train.z.shape[1], int(train.info["num_envs"])
@@ -260,10 +276,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                                    targets=train.info["targets"], **model_options)
     options = dict(device=device, progress=progress, **LATENT_DAG_FIT)
     t0 = time.perf_counter()
-    if init == "linear":
-        initialize_linear(model, train.x, train.u, num_steps=init_steps, seed=seed,
-                          device=device, batch_size=options["batch_size"])
-    fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)
+    _initialize(model, init, train.x, train.u, init_steps, seed, device, options["batch_size"])
     stages = {}
 
     def score(stage):
@@ -277,6 +290,9 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                          "shd": float(diagnostics.shd(train.graph, graph)),
                          "f1": float(metrics.f1), "graph": graph.tolist()}
 
+    if init == "contrastive":
+        score("contrastive")
+    fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)
     score("elbo")
     for r in range(1, rounds + 1):
         if r > 1:

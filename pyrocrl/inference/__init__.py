@@ -2,7 +2,13 @@
 linear-ICA starting points and the plain-torch trainers (next-token predictor, sparse
 autoencoders)."""
 
-from pyrocrl.inference.initialize import LinearICA, initialize_at, initialize_linear, linear_ica
+from pyrocrl.inference.initialize import (
+    LinearICA,
+    initialize_at,
+    initialize_contrastive,
+    initialize_linear,
+    linear_ica,
+)
 from pyrocrl.inference.mcmc import fit_mcmc, mcmc_to_inference_data
 from pyrocrl.inference.next_token import fit_next_token
 from pyrocrl.inference.posterior import guide_khat, to_inference_data
@@ -19,6 +25,7 @@ __all__ = [
     "fit_svi",
     "guide_khat",
     "initialize_at",
+    "initialize_contrastive",
     "initialize_linear",
     "linear_ica",
     "mcmc_to_inference_data",

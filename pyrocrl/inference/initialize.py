@@ -7,6 +7,9 @@ TemporalVAE; ``benchmarks/ivae.py`` compares random and linear starts for IVAE).
 needs no ground truth: the maximum-likelihood linear ICA of nonstationary Gaussian sources
 (:func:`linear_ica`); it regresses the model's encoder onto those sources and its decoder
 back onto the data. SVI then starts from an answer that is right up to the nonlinearity.
+:func:`initialize_contrastive` goes further for models with environment-dependent priors: it
+learns the nonlinear unmixing by classifying the environment, an objective with neither a
+decoder nor a Jacobian, and starts the model there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from pyrocrl.inference._loop import check_training_args, train_minibatch
 from pyrocrl.inference.svi import FitResult
+from pyrocrl.nn import mlp
 
 
 @dataclass
@@ -125,6 +129,14 @@ def linear_ica(x: torch.Tensor, u: torch.Tensor, latent_dim: int | None = None,
     return LinearICA(unmixing=unmixing, mean=mean.to(torch.float32), nll=float(nll(w)))
 
 
+def _require(model, names, caller: str, what: str) -> None:
+    """A TypeError naming the first attribute of ``names`` that ``model`` lacks."""
+    for name in names:
+        if not hasattr(model, name):
+            raise TypeError(f"{caller}: model must have {name!r} ({what}), "
+                            f"{type(model).__name__} has not")
+
+
 def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tensor,
                   num_steps: int = 3000, batch_size: int = 256, learning_rate: float = 1e-3,
                   seed: int = 0, device: str | torch.device = "auto",
@@ -144,11 +156,8 @@ def initialize_at(model, x: torch.Tensor, u: torch.Tensor | None, z: torch.Tenso
     :class:`~pyrocrl.models.TemporalVAE`, :class:`~pyrocrl.models.LatentCausalVAE`). Returns
     the regression's :class:`FitResult` (``losses``: the summed mean-squared errors).
     """
-    for name in ("posterior", "decode", "latent_dim"):
-        if not hasattr(model, name):
-            raise TypeError(f"initialize_at: model must have {name!r} (an encoder "
-                            f"posterior(x, u), a decode(z) and latent_dim), "
-                            f"{type(model).__name__} has not")
+    _require(model, ("posterior", "decode", "latent_dim"), "initialize_at",
+             "an encoder posterior(x, u), a decode(z) and latent_dim")
     check_training_args("initialize_at", num_steps, batch_size, learning_rate)
     expected = tuple(x.shape[:-1]) + (model.latent_dim,)
     if tuple(z.shape) != expected:
@@ -202,4 +211,106 @@ def initialize_linear(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 
     return result
 
 
-__all__ = ["LinearICA", "initialize_at", "initialize_linear", "linear_ica"]
+class _EnvironmentClassifier(torch.nn.Module):
+    """``logits[:, e] = log p(h = g(x) | u = e) + c_e`` under ``model``'s prior, with a
+    feature network ``g`` on standardized ``x`` (see :func:`initialize_contrastive`)."""
+
+    def __init__(self, model, x: torch.Tensor, num_envs: int, hidden_dim: int,
+                 num_layers: int):
+        super().__init__()
+        self.model = model  # its prior parameters train with the classifier
+        self.num_envs = num_envs
+        self.register_buffer("x_mean", x.mean(0).detach())
+        self.register_buffer("x_scale", x.std(0).detach().clamp_min(1e-8))
+        self.features = mlp(x.shape[-1], model.latent_dim, hidden_dim, num_layers)
+        self.offset = torch.nn.Parameter(torch.zeros(num_envs))
+
+    def forward(self, x):
+        return self.features((x - self.x_mean) / self.x_scale)
+
+    def logits(self, h):
+        n = h.shape[0]
+        env = torch.arange(self.num_envs, device=h.device).repeat_interleave(n)
+        h_all = h.repeat(self.num_envs, 1)
+        log_p = self.model.prior(env, h_all).log_prob(h_all)
+        return log_p.reshape(self.num_envs, n).T + self.offset
+
+
+def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 10000,
+                           batch_size: int = 512, learning_rate: float = 1e-3,
+                           hidden_dim: int = 64, num_layers: int = 4,
+                           regression_steps: int = 3000, seed: int = 0,
+                           device: str | torch.device = "auto",
+                           progress: bool = False) -> FitResult:
+    r"""Start ``model`` at the latents that tell its environments apart.
+
+    For an injective mixing :math:`x = f(z)` with inverse :math:`g`,
+    :math:`p(x \mid u = e) = p(z = g(x) \mid u = e)\,|\det J_g(x)|`; the Jacobian is the
+    same in every environment, so the Bayes classifier of the environment is
+
+    .. math::
+        p(u = e \mid x) = \operatorname{softmax}_e\big(\log p(g(x) \mid u = e) + c_e\big).
+
+    This fits a feature network :math:`g_\psi` (an MLP on standardized ``x``), the
+    model's own prior :math:`p(z \mid u)` and offsets :math:`c_e` by maximum likelihood of
+    ``u`` given ``x`` (cross-entropy on minibatches; a model with an
+    ``acyclicity_penalty()``, i.e. :class:`~pyrocrl.models.LatentCausalVAE`, adds its
+    ``acyclicity`` times that penalty; its sparsity penalty, sized for the ELBO, does not
+    enter), then regresses the encoder and decoder onto :math:`g_\psi(x)` with
+    :func:`initialize_at`. The objective needs no decoder and no log-determinant, which are
+    what stall the ELBO and exact maximum likelihood through deep leaky-ReLU mixings
+    (``benchmarks/ivae_optimum.py``). For :class:`~pyrocrl.models.LatentCausalVAE` it is the
+    contrastive estimator of Buchholz et al. (NeurIPS 2023), whose log-odds between an
+    intervened and the observational environment are the prior's (B7 through a 3-layer
+    mixing: MCC by target 0.75 against 0.56 from a random start, README). Uses only
+    ``(x, u)``, no ground truth.
+
+    Not for :class:`~pyrocrl.models.IVAE`: with a factorized Gaussian prior this is
+    time-contrastive learning (Hyvärinen & Morioka, 2016), which identifies only the
+    sufficient statistics (:math:`h`, :math:`h^2`) up to a linear map — with learned means a
+    feature :math:`h_i = z_i^2` classifies as well as :math:`z_i` — and would need a linear ICA
+    afterwards. Measured on 4 linearly mixed sources in 12 domains: held-out MCC 0.09 with
+    learned prior means, 0.57 (1500 steps) and 0.50 (6000 steps) with
+    ``learn_prior_mean=False``.
+
+    ``model`` needs ``prior(u, z)`` (a distribution over ``latent_dim``-vectors with
+    batch ``u.shape``), ``num_domains`` and what :func:`initialize_at` needs. Returns the
+    classification's :class:`FitResult` (``losses``: cross-entropy in nats per point;
+    ``metrics["accuracy"]``) with the regression's final mean-squared error in
+    ``metrics["regression_mse"]``.
+    """
+    _require(model, ("prior", "num_domains", "latent_dim"), "initialize_contrastive",
+             "a prior p(z | u) over num_domains environments")
+    check_training_args("initialize_contrastive", num_steps, batch_size, learning_rate)
+    if hasattr(model, "check_data"):
+        model.check_data(x, u)
+    classifier = _EnvironmentClassifier(model, x, int(model.num_domains), hidden_dim,
+                                        num_layers)
+    acyclicity = getattr(model, "acyclicity", 0.0) if hasattr(
+        model, "acyclicity_penalty") else 0.0
+
+    def loss_fn(batch, step):
+        xb, ub = batch
+        logits = classifier.logits(classifier(xb))
+        loss = torch.nn.functional.cross_entropy(logits, ub.long())
+        accuracy = (logits.argmax(-1) == ub).float().mean()
+        if acyclicity:
+            loss = loss + acyclicity * model.acyclicity_penalty()
+        return loss, {"accuracy": float(accuracy)}
+
+    result = train_minibatch(classifier, loss_fn, [x, u], caller="initialize_contrastive",
+                             num_steps=num_steps, batch_size=batch_size,
+                             learning_rate=learning_rate, seed=seed, device=device,
+                             progress=progress)
+    with torch.no_grad():
+        h = torch.cat([classifier(chunk.to(result.device)).cpu()
+                       for chunk in x.split(4096)])
+    regression = initialize_at(model, x, u, h, num_steps=regression_steps,
+                               batch_size=min(batch_size, 256), learning_rate=learning_rate,
+                               seed=seed, device=device, progress=progress)
+    result.metrics["regression_mse"] = [regression.losses[-1]]
+    return result
+
+
+__all__ = ["LinearICA", "initialize_at", "initialize_contrastive", "initialize_linear",
+           "linear_ica"]

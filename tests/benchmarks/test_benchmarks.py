@@ -28,3 +28,10 @@ def test_benchmark_quick_mode(name, tmp_path):
     load(name).main(["--quick", "--out", str(tmp_path)])
     result = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert result["machine"]["cores"] >= 1 and result["benchmark"] == f"{name}_quick"
+
+
+def test_latent_dag_contrastive_variant_writes_its_own_file(tmp_path):
+    load("latent_dag").main(["--quick", "--init", "contrastive", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "latent_dag_contrastive_quick.json").read_text())
+    assert result["setting"]["init"] == "contrastive" and result["setting"]["rounds"] == 0
+    assert "mcc_by_target_contrastive_only" in result["B7"]["1_layer"]

@@ -116,11 +116,17 @@ def test_recovers_latents_and_graph_with_linear_mixing(seed):
         pytest.xfail(f"SHD {row['shd']:.0f} > 1 (issue 4's target) on seed {seed}")
 
 
-def test_fit_latent_causal_linear_start_runs_and_checks_init():
+def test_fit_latent_causal_linear_and_contrastive_starts_run_and_check_init():
     ds = latent_dag(3, samples_per_env=200, obs_dim=4, mixing="linear", seed=0)
     train, test = ds.split(0.8, seed=0)
     row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=1, init="linear",
                             init_steps=50)
     assert 0.0 <= row["mcc"] <= 1.0 and "elbo" in row["stages"]
-    with pytest.raises(ValueError, match="fit_latent_causal: init must be 'random' or 'linear'"):
+    # the contrastive start is scored as a stage of its own, before the ELBO
+    row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=0, init="contrastive",
+                            init_steps=50)
+    assert list(row["stages"]) == ["contrastive", "elbo"]
+    assert row["mcc"] == row["stages"]["elbo"]["mcc"]  # no rounds: the ELBO stage is final
+    with pytest.raises(ValueError, match=r"fit_latent_causal: init must be one of \('random', "
+                                         r"'linear', 'contrastive'\), got 'oracle'"):
         fit_latent_causal(train, test, num_steps=5, init="oracle")
