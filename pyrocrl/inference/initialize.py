@@ -14,8 +14,10 @@ decoder nor a Jacobian, and starts the model there.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pyrocrl.inference._loop import check_training_args, train_minibatch
@@ -236,9 +238,20 @@ class _EnvironmentClassifier(torch.nn.Module):
         return log_p.reshape(self.num_envs, n).T + self.offset
 
 
+def _agreement(features) -> np.ndarray:
+    """For each of several feature sets ``(N, n)``: its mean |correlation| with the others,
+    latent by latent (same index), averaged over the others (1.0 for a single set)."""
+    if len(features) == 1:
+        return np.ones(1)
+    z = [((f - f.mean(0)) / f.std(0, correction=0).clamp_min(1e-12)).double()
+         for f in features]
+    corr = np.array([[float((a * b).mean(0).abs().mean()) for b in z] for a in z])
+    return (corr.sum(1) - 1.0) / (len(z) - 1)
+
+
 def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 10000,
                            batch_size: int = 512, learning_rate: float = 1e-3,
-                           hidden_dim: int = 64, num_layers: int = 4,
+                           hidden_dim: int = 64, num_layers: int = 4, restarts: int = 1,
                            regression_steps: int = 3000, seed: int = 0,
                            device: str | torch.device = "auto",
                            progress: bool = False) -> FitResult:
@@ -262,8 +275,17 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     (``benchmarks/ivae_optimum.py``). For :class:`~pyrocrl.models.LatentCausalVAE` it is the
     contrastive estimator of Buchholz et al. (NeurIPS 2023), whose log-odds between an
     intervened and the observational environment are the prior's (B7 through a 3-layer
-    mixing: MCC by target 0.75 against 0.56 from a random start, README). Uses only
-    ``(x, u)``, no ground truth.
+    mixing, then 5000 ELBO steps: MCC 0.893 with ``restarts=5``, 0.784 with one, 0.647 from
+    a random start; README). Uses only ``(x, u)``, no ground truth.
+
+    The classification loss is nearly flat across its local optima: on B7's data, held-out
+    cross-entropies of 1.034 and 1.041 nats came with MCC by target 0.52 and 0.88. With
+    ``restarts > 1`` the classifier is fitted that many times (seeds ``seed``,
+    ``seed + 1``, ...; the model's prior restarts from its initial state each time) and the
+    restart whose features agree best with the others' is kept — mean |correlation| latent by
+    latent, which presumes, as with known targets, that the prior fixes which latent is which.
+    An identified solution is reproducible and a poor local optimum is not, so this needs no
+    ground truth.
 
     Not for :class:`~pyrocrl.models.IVAE`: with a factorized Gaussian prior this is
     time-contrastive learning (Hyvärinen & Morioka, 2016), which identifies only the
@@ -276,38 +298,56 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     ``model`` needs ``prior(u, z)`` (a distribution over ``latent_dim``-vectors with
     batch ``u.shape``), ``num_domains`` and what :func:`initialize_at` needs. Returns the
     classification's :class:`FitResult` (``losses``: cross-entropy in nats per point;
-    ``metrics["accuracy"]``) with the regression's final mean-squared error in
-    ``metrics["regression_mse"]``.
+    ``metrics["accuracy"]``) of the kept restart, with the regression's final mean-squared error
+    in ``metrics["regression_mse"]``, each restart's agreement in
+    ``metrics["restart_agreement"]`` and the kept one in ``metrics["chosen_restart"]``.
     """
     _require(model, ("prior", "num_domains", "latent_dim"), "initialize_contrastive",
              "a prior p(z | u) over num_domains environments")
     check_training_args("initialize_contrastive", num_steps, batch_size, learning_rate)
     if hasattr(model, "check_data"):
         model.check_data(x, u)
-    classifier = _EnvironmentClassifier(model, x, int(model.num_domains), hidden_dim,
-                                        num_layers)
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ValueError(f"initialize_contrastive: restarts must be a positive int, got "
+                         f"{restarts!r}")
     acyclicity = getattr(model, "acyclicity", 0.0) if hasattr(
         model, "acyclicity_penalty") else 0.0
+    was_training = model.training
+    start = copy.deepcopy(model.state_dict())
+    fits = []  # (result, features of x, the model's state after the classification)
+    for restart in range(restarts):
+        model.load_state_dict(start)
+        torch.manual_seed(seed + restart)  # the feature network's initial weights
+        classifier = _EnvironmentClassifier(model, x, int(model.num_domains), hidden_dim,
+                                            num_layers)
 
-    def loss_fn(batch, step):
-        xb, ub = batch
-        logits = classifier.logits(classifier(xb))
-        loss = torch.nn.functional.cross_entropy(logits, ub.long())
-        accuracy = (logits.argmax(-1) == ub).float().mean()
-        if acyclicity:
-            loss = loss + acyclicity * model.acyclicity_penalty()
-        return loss, {"accuracy": float(accuracy)}
+        def loss_fn(batch, step, classifier=classifier):
+            xb, ub = batch
+            logits = classifier.logits(classifier(xb))
+            loss = torch.nn.functional.cross_entropy(logits, ub.long())
+            accuracy = (logits.argmax(-1) == ub).float().mean()
+            if acyclicity:
+                loss = loss + acyclicity * model.acyclicity_penalty()
+            return loss, {"accuracy": float(accuracy)}
 
-    result = train_minibatch(classifier, loss_fn, [x, u], caller="initialize_contrastive",
-                             num_steps=num_steps, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seed, device=device,
-                             progress=progress)
-    with torch.no_grad():
-        h = torch.cat([classifier(chunk.to(result.device)).cpu()
-                       for chunk in x.split(4096)])
+        result = train_minibatch(classifier, loss_fn, [x, u], caller="initialize_contrastive",
+                                 num_steps=num_steps, batch_size=batch_size,
+                                 learning_rate=learning_rate, seed=seed + restart,
+                                 device=device, progress=progress)
+        with torch.no_grad():
+            h = torch.cat([classifier(chunk.to(result.device)).cpu()
+                           for chunk in x.split(4096)])
+        fits.append((result, h, copy.deepcopy(model.state_dict())))
+    agreement = _agreement([h for _, h, _ in fits])
+    best = int(agreement.argmax())
+    result, h, state = fits[best]
+    model.load_state_dict(state)
+    result.metrics["restart_agreement"] = agreement.tolist()
+    result.metrics["chosen_restart"] = [best]
     regression = initialize_at(model, x, u, h, num_steps=regression_steps,
                                batch_size=min(batch_size, 256), learning_rate=learning_rate,
                                seed=seed, device=device, progress=progress)
+    model.train(was_training)  # the trainers leave modules in eval mode
     result.metrics["regression_mse"] = [regression.losses[-1]]
     return result
 

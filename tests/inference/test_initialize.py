@@ -161,6 +161,7 @@ def test_initialize_contrastive_finds_the_intervened_latents(dag_data):
     assert model.acyclicity_penalty().item() < 1e-2
     # the prior was trained with the classifier: no longer its initial empty graph
     assert model.adjacency.abs().max() > 0.05
+    assert model.training  # the model's mode is left as it was
 
 
 def test_initialize_contrastive_names_bad_input(dag_data):
@@ -175,3 +176,30 @@ def test_initialize_contrastive_names_bad_input(dag_data):
         initialize_contrastive(model, train.x, train.u, num_steps=0)
     with pytest.raises(ValueError, match="u"):
         initialize_contrastive(model, train.x, train.u + 4, num_steps=5)
+    with pytest.raises(ValueError, match="restarts must be a positive int, got 0"):
+        initialize_contrastive(model, train.x, train.u, num_steps=5, restarts=0)
+
+
+def test_initialize_contrastive_keeps_the_restart_that_agrees_with_the_others(dag_data):
+    from pyrocrl.inference import initialize_contrastive
+    from pyrocrl.inference.initialize import _agreement
+    from pyrocrl.models import LatentCausalVAE
+
+    # the agreement score: identical feature sets agree fully, a sign flip changes nothing,
+    # an independent set drags the others down and scores lowest itself
+    g = torch.Generator().manual_seed(0)
+    a, noise = torch.randn(500, 3, generator=g), torch.randn(500, 3, generator=g)
+    np.testing.assert_allclose(_agreement([a, -a]), [1.0, 1.0])
+    score = _agreement([a, a + 0.1 * noise, noise])
+    assert score.argmin() == 2 and score[0] > 0.45 and score[2] < 0.1, score
+
+    train, _ = dag_data
+    torch.manual_seed(0)
+    model = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = initialize_contrastive(model, train.x, train.u, num_steps=60, regression_steps=20,
+                                    restarts=3, seed=0)
+    agreement = result.metrics["restart_agreement"]
+    assert len(agreement) == 3 and result.metrics["chosen_restart"] == [int(np.argmax(agreement))]
+    # every restart began at the same prior, so the kept one is a fit from that start
+    assert not torch.equal(model.adjacency, start["weights"] * model.off_diagonal)
