@@ -108,7 +108,8 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     (:func:`~pyrocrl.inference.initialize_linear`, ``init_steps`` regression steps, counted in
     the fit time) instead of at random; ``init="contrastive"`` starts it at the environment
     classifier of :func:`~pyrocrl.inference.initialize_contrastive` (``init_steps``
-    classification steps). ``fit_options`` go to
+    classification steps; a poor start for IVAE, whose factorized prior makes it
+    time-contrastive learning — see there). ``fit_options`` go to
     :func:`~pyrocrl.inference.fit_svi`; a ``validation`` given as a :class:`Dataset` split is
     passed as the model sees it (frames for the i.i.d. models, like ``train``)."""
     _check_init(init, "fit_and_score")
