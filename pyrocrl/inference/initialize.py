@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pyrocrl.diagnostics import mcc
 from pyrocrl.inference._loop import check_training_args, train_minibatch
 from pyrocrl.inference.svi import FitResult
 from pyrocrl.nn import mlp
@@ -243,10 +244,9 @@ def _agreement(features) -> np.ndarray:
     latent by latent (same index), averaged over the others (1.0 for a single set)."""
     if len(features) == 1:
         return np.ones(1)
-    z = [((f - f.mean(0)) / f.std(0, correction=0).clamp_min(1e-12)).double()
-         for f in features]
-    corr = np.array([[float((a * b).mean(0).abs().mean()) for b in z] for a in z])
-    return (corr.sum(1) - 1.0) / (len(z) - 1)
+    corr = np.array([[np.abs(np.diag(mcc(a, b).correlation)).mean() for b in features]
+                     for a in features])
+    return (corr.sum(1) - 1.0) / (len(features) - 1)
 
 
 def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: int = 10000,
