@@ -100,6 +100,26 @@ def test_disentangle_is_exact_on_a_linear_encoder():
     assert (model.graph() != 0).astype(int).tolist() == (ds.graph != 0).astype(int).tolist()
 
 
+def test_disentangle_equals_linear_causal_disentanglement_of_the_encodings():
+    """With any encoder (here an untrained nonlinear one), the latents after `disentangle`
+    are the estimator's latents of the encodings it was given, reordered by the known
+    targets: the model adds no error of its own to the estimator's."""
+    from pyrocrl.models import linear_causal_disentanglement
+
+    ds = latent_dag(3, graph="chain", samples_per_env=2000, obs_dim=6, seed=1)
+    torch.manual_seed(0)
+    model = LatentCausalVAE(6, 3, 4, targets=ds.info["targets"])
+    before = model.encode(ds.x, ds.u).double().numpy()
+    estimate = model.disentangle(ds.x, ds.u)
+    after = model.encode(ds.x, ds.u).double().numpy()
+    direct = linear_causal_disentanglement(before, ds.u.numpy(), num_latents=3,
+                                           observational=0).transform(before)
+    corr = np.abs(np.corrcoef(after.T, direct.T)[:3, 3:])
+    assert np.allclose(np.sort(corr, axis=1)[:, -1], 1.0, atol=1e-4)  # each one a column
+    assert sorted(np.argmax(corr, axis=1).tolist()) == [0, 1, 2]  # distinct columns
+    assert estimate.unmixing.shape == (3, 3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_recovers_latents_and_graph_with_linear_mixing(seed):
