@@ -72,7 +72,7 @@ def _with_rng(seed):
 
 
 def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> arviz.InferenceData:
-    """Draw ``num_samples`` posterior samples from ``model.guide`` and package them for ArviZ.
+    r"""Draw ``num_samples`` posterior samples from ``model.guide`` and package them for ArviZ.
 
     Groups: ``posterior`` (every latent site, dims ``chain, draw, obs, [time,] latent``),
     ``posterior_predictive`` (the observed sites re-sampled given each posterior draw),
@@ -82,8 +82,12 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
     z_T`` (a model written with ``pyro.markov``, e.g. the DMM) become one variable ``z`` with
     a ``time`` dim, and their log-likelihood is summed over the steps (one value per
     sequence, the unit ``az.loo`` leaves out). Samples come from the variational
-    guide, not the exact posterior: check it with :func:`guide_khat`. For MCMC runs use
-    ``az.from_pyro``.
+    guide, not the exact posterior: check it with :func:`guide_khat`. A model that sums its
+    latents out exactly and offers ``sample_posterior(*data, num_samples=...)``
+    (:class:`~pyrocrl.models.LinearGaussianSSM`: forward filtering, backward sampling) gets
+    those exact draws as ``z`` instead; its log-likelihood is then the marginal
+    :math:`\log p(x)` of each sequence and its posterior predictive draws new sequences
+    from the fitted model. For MCMC runs use ``az.from_pyro``.
 
     Args:
         model: a fitted model with ``model``/``guide`` methods whose sample sites all lie in
@@ -106,6 +110,9 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
             samples = Predictive(poutine.uncondition(model.model), guide=model.guide,
                                  num_samples=num_samples, parallel=True)(*data)
             latents = {k: v for k, v in samples.items() if k not in observed}
+            exact = getattr(model, "sample_posterior", None)
+            if exact is not None and "z" not in latents:  # latents summed out in the model
+                latents["z"] = exact(*data, num_samples=num_samples)
             particles = pyro.plate("num_samples", num_samples, dim=-nesting - 1)
             conditioned = poutine.condition(particles(model.model), data=latents)
             trace = poutine.trace(conditioned).get_trace(*data)

@@ -322,6 +322,20 @@ class LinearGaussianSSM(SequenceModel):
             smoothed_covs.append(cov)
         return torch.stack(smoothed_means[::-1], 1), torch.stack(smoothed_covs[::-1])
 
+    def sample_posterior(self, x: torch.Tensor, u: torch.Tensor | None = None,
+                         num_samples: int = 1) -> torch.Tensor:
+        r"""Exact joint draws :math:`z_{1:T} \sim p(z_{1:T} \mid x_{1:T})`, ``(num_samples, N,
+        T, n)``: forward filtering, backward sampling (``GaussianHMM.rsample_posterior``,
+        a parallel scan over time). Their moments are :meth:`smooth`'s, and consecutive
+        states carry the smoother's cross-covariance; :func:`~pyrocrl.inference.to_inference_data`
+        uses them as the posterior group. Differentiable in the parameters."""
+        self.check_data(x, u)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"{type(self).__name__}.sample_posterior: num_samples must be a "
+                             f"positive int, got {num_samples!r}")
+        hmm = self.distribution(x.shape[1], x.dtype, x.device)
+        return hmm.rsample_posterior(x, torch.Size([num_samples]))
+
     def posterior(self, x, u=None):
         """Smoothed marginals :math:`p(z_t \\mid x_{1:T})`: ``(loc, scale)``, each
         ``(N, T, n)``, with ``scale`` the marginal standard deviations."""

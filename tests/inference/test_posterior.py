@@ -131,3 +131,32 @@ def test_stack_steps_leaves_sites_that_are_not_a_run_of_steps_alone():
     assert set(out) == {"w_1", "w_3", "v_1", "v_2", "y", "y_1", "y_2", "s"}
     assert out["s"].shape == (4, 2, 3)
     assert _stack_steps({"s_1": a, "s_2": a}, axis=1, total=True)["s"].shape == (4, 3)
+
+
+def test_a_model_with_latents_summed_out_gets_its_exact_posterior_draws():
+    """LinearGaussianSSM's model has no latent site (the Kalman filter sums z out), so the
+    posterior group comes from its exact sampler: z with a time dim, centred on the RTS
+    smoother's means, same seed same draws; the log-likelihood is the marginal log p(x) of
+    each sequence (the same in every draw), which az.loo reads."""
+    from pyrocrl.models import LinearGaussianSSM
+    from pyrocrl.simulate.linear_gaussian import MATRIX_NAMES
+
+    ds = simulate.linear_gaussian(2, 3, num_sequences=12, seq_len=8, seed=0)
+    model = LinearGaussianSSM(2, 3, **{name: ds.info[name] for name in MATRIX_NAMES})
+    idata = to_inference_data(model, ds.x, num_samples=400)
+    assert idata.posterior["z"].dims == ("chain", "draw", "obs", "time", "latent")
+    assert idata.posterior["z"].shape == (1, 400, 12, 8, 2)
+    means, covs = model.smooth(ds.x)
+    sd = covs.diagonal(dim1=-2, dim2=-1).sqrt().numpy()
+    draws = idata.posterior["z"].values[0]
+    assert np.all(np.abs(draws.mean(0) - means.numpy()) < 5 * sd / np.sqrt(400))
+    np.testing.assert_allclose(draws.std(0), sd, rtol=0.2)
+    expected = model.log_likelihood(ds.x).detach().numpy()
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0],
+                               np.broadcast_to(expected, (400, 12)), rtol=1e-5)
+    again = to_inference_data(model, ds.x, num_samples=400)
+    np.testing.assert_array_equal(again.posterior["z"].values, idata.posterior["z"].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.isfinite(az.loo(idata).elpd_loo)
+        assert len(az.summary(idata, var_names=["z"], kind="stats")) == 12 * 8 * 2
