@@ -108,14 +108,22 @@ class LatentVariableModel(PyroModule):
         return loc.to(x.device)
 
 
-def warn_if_too_few_domains(name: str, latent_dim: int, num_domains: int) -> None:
-    """Warn when fewer than ``2n + 1`` domains are available (seed 001's condition)."""
-    needed = 2 * latent_dim + 1
+def warn_if_too_few_domains(name: str, latent_dim: int, num_domains: int,
+                            statistics: int = 2) -> None:
+    r"""Warn when fewer than ``statistics * n + 1`` domains are available. ``statistics=2``:
+    seed 001's sufficient variability, ``2n`` independent changes of the prior's first and
+    second log-density derivatives, so ``2n + 1`` domains (a Gaussian prior whose means and
+    variances both vary). ``statistics=1``: a Gaussian prior whose means are fixed and only
+    variances vary fails that condition at any number of domains, but its axes are pinned
+    once the changes of :math:`1/\sigma^2` have rank ``n``, which needs ``n + 1`` domains
+    (tutorial 02, section 1)."""
+    needed = statistics * latent_dim + 1
     if num_domains < needed:
+        reason = ("the changes of the prior variances need rank n, i.e. at least n+1"
+                  if statistics == 1 else "sufficient variability needs at least 2n+1")
         warnings.warn(
-            f"{name}: {num_domains} domains for {latent_dim} latents; sufficient variability "
-            f"needs at least 2n+1 = {needed} diverse domains, so the latents may not be "
-            f"identifiable",
+            f"{name}: {num_domains} domains for {latent_dim} latents; {reason} = {needed} "
+            f"diverse domains, so the latents may not be identifiable",
             IdentifiabilityWarning,
             stacklevel=3,
         )

@@ -201,7 +201,9 @@ class IVAE(ConditionalVAE):
         obs_dim: D.
         latent_dim: n.
         num_domains: number of values of the auxiliary variable ``u``. Fewer than
-            ``2 * latent_dim + 1`` raises an :class:`IdentifiabilityWarning`.
+            ``2 * latent_dim + 1`` (``latent_dim + 1`` with ``learn_prior_mean=False``: only
+            the variances vary, and they pin the axes from rank ``n``) raises an
+            :class:`IdentifiabilityWarning`.
         hidden_dim, num_layers: MLP sizes of the encoder and the decoder.
         init_obs_scale: initial observation noise standard deviation (learned). Start small:
             a noisy start lets the model explain low-variance directions of ``x`` as noise
@@ -223,7 +225,9 @@ class IVAE(ConditionalVAE):
                  covariance: str = "diagonal"):
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
                          init_obs_scale, init_posterior_scale, covariance)
-        warn_if_too_few_domains("IVAE", latent_dim, num_domains)
+        # 2: means and variances vary across domains; 1: variances only
+        self.sufficient_statistics = 2 if learn_prior_mean else 1
+        warn_if_too_few_domains("IVAE", latent_dim, num_domains, self.sufficient_statistics)
         prior_loc = torch.zeros(num_domains, latent_dim)
         if learn_prior_mean:
             self.prior_loc = PyroParam(prior_loc)
@@ -234,7 +238,8 @@ class IVAE(ConditionalVAE):
 
     def check_training_data(self, x, u=None):
         self.check_data(x, u)
-        warn_if_too_few_domains("IVAE (training data)", self.latent_dim, int(u.unique().numel()))
+        warn_if_too_few_domains("IVAE (training data)", self.latent_dim, int(u.unique().numel()),
+                                self.sufficient_statistics)
 
     def prior(self, u, x):
         return dist.Normal(self.prior_loc[u], self.prior_scale[u]).to_event(1)

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from pyro import poutine
@@ -100,6 +102,19 @@ def test_too_few_domains_warns(data):
         IVAE(4, 2, num_domains=3)
     model = IVAE(4, 2, num_domains=9)
     with pytest.warns(IdentifiabilityWarning, match="2 domains"):
+        model.check_training_data(data[0], torch.arange(64) % 2)
+
+
+def test_variance_only_prior_needs_n_plus_1_domains(data):
+    """With the prior means fixed only the variances vary across domains; they pin the axes
+    once their changes have rank n, i.e. from n + 1 domains, not 2n + 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdentifiabilityWarning)
+        model = IVAE(4, 2, num_domains=3, learn_prior_mean=False)  # n + 1 = 3: enough
+        model.check_training_data(data[0], torch.arange(64) % 3)
+    with pytest.warns(IdentifiabilityWarning, match=r"rank n, i.e. at least n\+1 = 3"):
+        IVAE(4, 2, num_domains=2, learn_prior_mean=False)
+    with pytest.warns(IdentifiabilityWarning, match=r"n\+1 = 3"):
         model.check_training_data(data[0], torch.arange(64) % 2)
 
 
