@@ -47,6 +47,7 @@ from pyrocrl.inference.svi import (
     _rng_state,
     _save,
     _set_rng_state,
+    _step_checks,
 )
 
 __all__ = ["START_METHODS"]
@@ -207,7 +208,8 @@ class _DistributedSVI(pl.LightningModule):
             for group in self.optimizer.optimizer.param_groups:
                 group["lr"] = run["learning_rate"] * decay ** (step / run["num_steps"])
         try:
-            loss = self.objective.loss(batch)
+            with _step_checks(run["validate_every_step"], batch_idx == 0):
+                loss = self.objective.loss(batch)
         except ValueError as error:
             if "invalid values" not in str(error):  # a NaN met a distribution's check
                 raise

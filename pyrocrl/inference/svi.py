@@ -366,6 +366,15 @@ def _batch_len(args) -> int:
 JIT_PREFIX = "_fit_svi_jit"  # param-store names of a module's parameters during a jit=True fit
 
 
+def _step_checks(validate_every_step: bool, first_step: bool):
+    """The context of one step's loss: distribution checks under the global setting on the
+    first step of a run (or every step if asked), off otherwise (see ``validate_every_step``
+    in :func:`fit_svi`)."""
+    if validate_every_step or first_step:
+        return contextlib.nullcontext()
+    return pyro.validation_enabled(False)
+
+
 def _forget_jit_params() -> None:
     store = pyro.get_param_store()
     for name in [n for n in store.keys() if n.startswith(JIT_PREFIX + "$$$")]:
@@ -852,7 +861,8 @@ def fit_svi(
             learning_rate_decay=learning_rate_decay, seed=seed, progress=progress,
             log_every=log_every, clip_norm=clip_norm, kl_warmup=kl_warmup,
             num_particles=num_particles, elbo=elbo, checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every, resume=resume, patience=patience)
+            checkpoint_every=checkpoint_every, resume=resume, patience=patience,
+            validate_every_step=validate_every_step)
         return distributed.fit_ddp(model, run, strategy=strategy, num_devices=num_devices,
                                    num_nodes=num_nodes, device=device)
 
@@ -1003,10 +1013,8 @@ def fit_svi(
             if learning_rate_decay != 1.0:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate * learning_rate_decay ** (step / num_steps)
-            checks = (contextlib.nullcontext() if validate_every_step or step == start
-                      else pyro.validation_enabled(False))
             try:
-                with checks:
+                with _step_checks(validate_every_step, step == start):
                     loss = objective.loss(args)
             except Exception as error:
                 # With validation on, a NaN reaches a distribution's parameters first.

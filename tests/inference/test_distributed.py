@@ -22,7 +22,7 @@ from pyro.nn import PyroModule, PyroParam
 from pyrocrl import diagnostics, simulate
 from pyrocrl.inference import NonFiniteLossError, fit_svi
 from pyrocrl.models import IVAE
-from tests.inference.toy_models import Exploding, GlobalMean
+from tests.inference.toy_models import Exploding, GlobalMean, ValidationRecorder
 
 pytest.importorskip("lightning")
 
@@ -173,6 +173,19 @@ def test_a_nan_stops_every_rank_at_the_same_step_with_the_last_good_state(tmp_pa
     # the caller's model holds the parameters after step 6: those of the checkpoint
     assert model.loc.item() == saved["state"]["model"]["loc_unconstrained"].item() > 0.5
 
+
+
+@pytest.mark.parametrize("every_step", [False, True])
+def test_distribution_checks_follow_validate_every_step_in_every_rank(tmp_path, every_step):
+    """As in one process: checks on for each rank's first step, off later (they cost ~25 %
+    of a small model's step), unless validate_every_step."""
+    with pyro.validation_enabled(True):
+        fit_svi(ValidationRecorder(tmp_path), torch.randn(40), num_steps=5, batch_size=None,
+                progress=False, validate_every_step=every_step, **DDP)
+    for rank in (0, 1):
+        checks = (tmp_path / f"rank{rank}.txt").read_text().split()
+        expected = ["1"] * 5 if every_step else ["1", "0", "0", "0", "0"]
+        assert checks == expected, rank
 
 def test_ddp_refuses_what_it_cannot_synchronise_before_starting(dataset):
     with pytest.raises(ValueError, match=r"site\(s\) \['loc'\] live in Pyro's global param"):

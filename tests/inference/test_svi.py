@@ -10,7 +10,7 @@ from pyrocrl.inference import NonFiniteLossError, fit_svi, resolve_device
 from pyrocrl.inference.svi import _ScaleLatents
 from pyrocrl.models import IVAE, VAE
 
-from .toy_models import Conjugate, Exploding, GlobalMean
+from .toy_models import Conjugate, Exploding, GlobalMean, ValidationRecorder
 
 
 @pytest.fixture(scope="module")
@@ -490,3 +490,17 @@ def test_sequence_dataset_batches_are_n_t_d(tmp_path):
     with pytest.raises(ValueError, match=r"TemporalVAE: x must have shape \(N, T, obs_dim=3\), "
                                          r"got \(40, 3\)"):
         fit_svi(TemporalVAE(3, 2), torch.utils.data.TensorDataset(x[:, 0]), progress=False)
+
+
+def test_distribution_checks_run_on_the_first_step_only_unless_asked():
+    """Pyro's checks are on (globally) for the first call (fit_svi's look at the model
+    before training) and step 0, then off; validate_every_step=True keeps them on."""
+    x = torch.randn(40)
+    with pyro.validation_enabled(True):
+        model = ValidationRecorder()
+        fit_svi(model, x, num_steps=5, batch_size=None, progress=False)
+        assert model.checks == [True, True, False, False, False, False]
+        model = ValidationRecorder()
+        fit_svi(model, x, num_steps=5, batch_size=None, progress=False,
+                validate_every_step=True)
+        assert model.checks == [True] * 6

@@ -3,6 +3,7 @@
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.util import is_validation_enabled
 from pyro.nn import PyroModule, PyroParam
 
 
@@ -61,6 +62,30 @@ class Exploding(PyroModule):
             pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
         if self.calls > self.explode_at:
             pyro.factor("boom", torch.tensor(float("nan")))
+
+    def guide(self, x):
+        pass
+
+
+class ValidationRecorder(PyroModule):
+    """A Gaussian-mean model that records, at every call with gradients on (training steps),
+    whether Pyro's distribution checks are enabled; under DDP each rank appends to
+    ``out/rank{r}.txt`` (forked ranks cannot hand back a list)."""
+
+    def __init__(self, out=None):
+        super().__init__()
+        self.loc = PyroParam(torch.zeros(()))
+        self.out, self.checks = out, []
+
+    def model(self, x):
+        if torch.is_grad_enabled():
+            self.checks.append(is_validation_enabled())
+            if self.out is not None and torch.distributed.is_initialized():
+                rank = torch.distributed.get_rank()
+                with open(f"{self.out}/rank{rank}.txt", "a") as f:
+                    f.write(f"{int(self.checks[-1])}\n")
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(self.loc, 1.0), obs=x)
 
     def guide(self, x):
         pass
