@@ -120,7 +120,8 @@ def warn_if_too_few_domains(name: str, latent_dim: int, num_domains: int,
     needed = statistics * latent_dim + 1
     if num_domains < needed:
         reason = ("the changes of the prior variances need rank n, i.e. at least n+1"
-                  if statistics == 1 else "sufficient variability needs at least 2n+1")
+                  if statistics == 1 else
+                  f"sufficient variability needs at least {statistics}n+1")
         warnings.warn(
             f"{name}: {num_domains} domains for {latent_dim} latents; {reason} = {needed} "
             f"diverse domains, so the latents may not be identifiable",
