@@ -606,8 +606,10 @@ class LatentCausalVAE(ConditionalVAE):
 
         It is only as good as the linearity of the encodings: the rank-one precision
         differences hold exactly for a linear map and only approximately otherwise. Linear
-        data bent by 5 % (affine R² 0.9995 to the latents) already give SHD 5 with 20 000
-        samples per environment, and a 20 % bend (R² 0.998) swaps latents (MCC 0.83)
+        data bent by 5 % (affine R² 0.9995 to the latents) already give the estimator's
+        graph SHD 5 with 20 000 samples per environment (spurious edges of standardized
+        weight up to 0.12, so a threshold does not save it), and a 20 % bend (R² 0.998)
+        swaps latents (MCC 0.83)
         (``tests/models/test_linear_causal.py``). So it helps after a random start, whose
         ELBO encodings are a near-affine mixture of the latents, and can hurt after
         ``initialize_contrastive``, whose encodings are closer to the latents one by one but

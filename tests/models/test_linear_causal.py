@@ -317,8 +317,14 @@ def test_a_slightly_bent_encoding_keeps_the_latents_but_breaks_the_graph():
         bend = np.random.default_rng(seed).normal(size=(5, 5)) / np.sqrt(5)
         bent = s + eps * np.tanh(s) @ bend.T
         est = linear_causal_disentanglement(bent, ds.u)
-        match = match_latents(ds.z, est.transform(bent), ds.graph, est.adjacency)
+        z = est.transform(bent)
+        match = match_latents(ds.z, z, ds.graph, est.adjacency)
         results[seed, eps] = (float(affine_r2(ds.z, bent)), float(match.mcc), float(match.shd))
+        if (seed, eps) == (0, 0.05):
+            assert match.permutation.tolist() == list(range(5))
+            sd = z[ds.u.numpy() == 0].std(0)  # standardized weights, as LatentCausalVAE.graph
+            spurious = np.abs(est.adjacency * sd[:, None] / sd[None, :])[ds.graph == 0]
+            assert spurious.max() > 0.1, spurious  # too large for graph()'s threshold
     r2, mcc, shd = results[0, 0.0]
     assert mcc > 0.999 and shd == 0, results  # unbent: exact
     r2, mcc, shd = results[0, 0.05]
