@@ -71,6 +71,29 @@ def lcd_recovery(size):
     return rates
 
 
+def summarize(runs, mixings, first_stage: str) -> dict:
+    """Per mixing: final MCC, MCC by target, SHD (mean and median) and fit time, and the same
+    metrics after the first stage and after the ELBO stage (``*_{stage}_only``)."""
+    summary = {}
+    for layers in mixings:
+        rows = [r for r in runs if r["mixing_layers"] == layers]
+        stages = {}
+        for stage in dict.fromkeys(["elbo", first_stage]):
+            for metric in ("mcc", "mcc_by_target", "affine_r2", "shd"):
+                stages[f"{metric}_{stage}_only"] = mean_std([r["stages"][stage][metric]
+                                                             for r in rows])
+            stages[f"median_shd_{stage}_only"] = float(np.median([r["stages"][stage]["shd"]
+                                                                  for r in rows]))
+        summary[f"{layers}_layer"] = {
+            "mcc": mean_std([r["mcc"] for r in rows]),
+            "mcc_by_target": mean_std([r["mcc_by_target"] for r in rows]),
+            **stages,
+            "shd": mean_std([r["shd"] for r in rows]),
+            "median_shd": float(np.median([r["shd"] for r in rows])),
+            "fit_seconds": mean_std([r["fit_seconds"] for r in rows])}
+    return summary
+
+
 def main(argv=None):
     parser = benchmark_parser(__doc__)
     parser.add_argument("--device", default="auto")
@@ -98,18 +121,7 @@ def main(argv=None):
                   f"{row['mcc_by_target']:.3f}) SHD {row['shd']:.0f} (after the "
                   f"{FIRST_STAGE[args.init]} stage: MCC {first['mcc']:.3f}, affine R2 "
                   f"{first['affine_r2']:.3f}) in {row['fit_seconds']:.0f}s", flush=True)
-    summary = {}
-    for layers in size["mixings"]:
-        rows = [r for r in runs if r["mixing_layers"] == layers]
-        summary[f"{layers}_layer"] = {
-            "mcc": mean_std([r["mcc"] for r in rows]),
-            "mcc_by_target": mean_std([r["mcc_by_target"] for r in rows]),
-            **{f"{metric}_{stage}_only": mean_std([r["stages"][stage][metric] for r in rows])
-               for stage in {"elbo", FIRST_STAGE[args.init]}
-               for metric in ("mcc", "mcc_by_target", "affine_r2")},
-            "shd": mean_std([r["shd"] for r in rows]),
-            "median_shd": float(np.median([r["shd"] for r in rows])),
-            "fit_seconds": mean_std([r["fit_seconds"] for r in rows])}
+    summary = summarize(runs, size["mixings"], FIRST_STAGE[args.init])
     lcd = lcd_recovery(size)
     name = "latent_dag" if args.init == "random" else f"latent_dag_{args.init}"
     path = write(name + ("_quick" if args.quick else ""), {
