@@ -18,6 +18,9 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         #    environment classifier (initialize_contrastive, 10 000 steps, the best-agreeing
         #    of 5 restarts), then 5000 ELBO steps and no disentangle rounds (they lowered MCC
         #    from this start on seed 0)
+    python benchmarks/latent_dag.py --init contrastive --init-sparsity 0.003 --mixings 3
+        # -> results/latent_dag_contrastive_l1_0.003_mixing3.json: the same with an L1
+        #    penalty on the SEM's weights during the classification, 3-layer mixing only
 """
 
 from __future__ import annotations
@@ -99,11 +102,22 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--init", choices=["random", "contrastive"], default="random",
                         help="how the networks start (see the module docstring)")
+    parser.add_argument("--init-sparsity", type=float, default=0.0,
+                        help="--init contrastive: L1 weight on the SEM's weights during the "
+                             "classification (per point)")
+    parser.add_argument("--mixings", type=int, nargs="+", default=None,
+                        help="mixing depths to run (default: the size's, 1 and 3)")
     args = parser.parse_args(argv)
-    size = QUICK if args.quick else FULL
+    size = dict(QUICK if args.quick else FULL)
+    if args.mixings:
+        size["mixings"] = args.mixings
     recipe = {}
     if args.init == "contrastive":
-        recipe = CONTRASTIVE_QUICK if args.quick else CONTRASTIVE
+        recipe = dict(CONTRASTIVE_QUICK if args.quick else CONTRASTIVE)
+        if args.init_sparsity:
+            recipe["init_sparsity"] = args.init_sparsity
+    elif args.init_sparsity:
+        parser.error("--init-sparsity needs --init contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -124,6 +138,10 @@ def main(argv=None):
     summary = summarize(runs, size["mixings"], FIRST_STAGE[args.init])
     lcd = lcd_recovery(size)
     name = "latent_dag" if args.init == "random" else f"latent_dag_{args.init}"
+    if args.init_sparsity:
+        name += f"_l1_{args.init_sparsity:g}"
+    if args.mixings:
+        name += "_mixing" + "_".join(map(str, args.mixings))
     path = write(name + ("_quick" if args.quick else ""), {
         "setting": {**size, **recipe, "graph": "er", "expected_degree": 1,
                     "interventions": "perfect", "sem": "linear", "split": "80/20 held-out"},

@@ -87,14 +87,14 @@ def _check_init(init, caller: str) -> None:
 
 
 def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batch_size: int,
-                restarts: int = 1):
+                restarts: int = 1, sparsity: float = 0.0):
     """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time."""
     if init == "linear":
         initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
                           batch_size=batch_size)
     elif init == "contrastive":
         initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed, device=device,
-                               restarts=restarts)
+                               restarts=restarts, sparsity=sparsity)
 
 
 def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed: int = 0,
@@ -259,7 +259,8 @@ LATENT_DAG_FIT = dict(batch_size=256, learning_rate=1e-3, log_every=200)
 def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int = 0,
                       rounds: int = 3, finetune_steps: int = 2000, device: str = "auto",
                       progress: bool = False, init: str = "random", init_steps: int = 3000,
-                      init_restarts: int = 1, **model_options) -> dict:
+                      init_restarts: int = 1, init_sparsity: float = 0.0,
+                      **model_options) -> dict:
     """Fit a :class:`~pyrocrl.models.LatentCausalVAE` with the data set's known targets:
     ELBO training for ``num_steps``, then ``rounds`` times :meth:`disentangle` on the
     training data, with ``finetune_steps`` of ELBO training between rounds (each ELBO pass
@@ -270,8 +271,9 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     starts the networks at the linear ICA solution of ``(x, u)`` (see :func:`fit_and_score`);
     ``init="contrastive"`` starts the networks *and the SEM prior* at the environment
     classifier of :func:`~pyrocrl.inference.initialize_contrastive` (``init_steps``
-    classification steps, best of ``init_restarts`` by agreement), and that start is scored
-    too (stage ``"contrastive"``).
+    classification steps, best of ``init_restarts`` by agreement, an L1 penalty
+    ``init_sparsity`` on the SEM's weights), and that start is scored too (stage
+    ``"contrastive"``).
     """
     _check_init(init, "fit_latent_causal")
     n, num_envs = train.z.shape[1], int(train.info["num_envs"])
@@ -281,7 +283,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     options = dict(device=device, progress=progress, **LATENT_DAG_FIT)
     t0 = time.perf_counter()
     _initialize(model, init, train.x, train.u, init_steps, seed, device, options["batch_size"],
-                init_restarts)
+                init_restarts, init_sparsity)
     stages = {}
 
     def score(stage):

@@ -35,3 +35,14 @@ def test_latent_dag_contrastive_variant_writes_its_own_file(tmp_path):
     result = json.loads((tmp_path / "latent_dag_contrastive_quick.json").read_text())
     assert result["setting"]["init"] == "contrastive" and result["setting"]["rounds"] == 0
     assert "mcc_by_target_contrastive_only" in result["B7"]["1_layer"]
+
+
+def test_latent_dag_sparsity_and_mixings_name_their_file(tmp_path):
+    load("latent_dag").main(["--quick", "--init", "contrastive", "--init-sparsity", "0.003",
+                             "--mixings", "1", "--out", str(tmp_path)])
+    result = json.loads(
+        (tmp_path / "latent_dag_contrastive_l1_0.003_mixing1_quick.json").read_text())
+    assert result["setting"]["init_sparsity"] == 0.003 and result["setting"]["mixings"] == [1]
+    assert "median_shd_contrastive_only" in result["B7"]["1_layer"]
+    with pytest.raises(SystemExit):  # the L1 term belongs to the contrastive start
+        load("latent_dag").main(["--quick", "--init-sparsity", "0.1", "--out", str(tmp_path)])

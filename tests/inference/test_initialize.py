@@ -176,6 +176,30 @@ def test_initialize_contrastive_names_bad_input(dag_data):
         initialize_contrastive(model, train.x, train.u + 4, num_steps=5)
     with pytest.raises(ValueError, match="restarts must be a positive int, got 0"):
         initialize_contrastive(model, train.x, train.u, num_steps=5, restarts=0)
+    with pytest.raises(ValueError, match="sparsity must be >= 0, got -1"):
+        initialize_contrastive(model, train.x, train.u, num_steps=5, sparsity=-1)
+    from pyrocrl.models import IVAE
+
+    with pytest.raises(TypeError, match="must have 'adjacency'"):
+        initialize_contrastive(IVAE(6, 3, 4, learn_prior_mean=False), train.x, train.u,
+                               num_steps=5, sparsity=0.1)
+
+
+def test_initialize_contrastive_sparsity_shrinks_the_sem_weights(dag_data):
+    """The L1 term enters the classification: the same run with sparsity ends with a smaller
+    ||W||_1 (the cross-entropy alone leaves spurious weights, issue 4's extra edges)."""
+    from pyrocrl.inference import initialize_contrastive
+    from pyrocrl.models import LatentCausalVAE
+
+    train, _ = dag_data
+    norms = []
+    for sparsity in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+        initialize_contrastive(model, train.x, train.u, num_steps=400, regression_steps=10,
+                               sparsity=sparsity, seed=0)
+        norms.append(float(model.adjacency.detach().abs().sum()))
+    assert norms[1] < 0.7 * norms[0], norms
 
 
 def test_initialize_contrastive_keeps_the_restart_that_agrees_with_the_others(dag_data):
