@@ -84,7 +84,8 @@ def to_inference_data(model, *data, num_samples: int = 200, seed: int = 0) -> ar
     sequence, the unit ``az.loo`` leaves out). Samples come from the variational
     guide, not the exact posterior: check it with :func:`guide_khat`. A model that sums its
     latents out exactly and offers ``sample_posterior(*data, num_samples=...)``
-    (:class:`~pyrocrl.models.LinearGaussianSSM`: forward filtering, backward sampling) gets
+    (:class:`~pyrocrl.models.LinearGaussianSSM`: forward filtering, backward sampling;
+    :class:`~pyrocrl.models.IFlow`: the point mass at :math:`g^{-1}(x)`) gets
     those exact draws as ``z`` instead; its log-likelihood is then the marginal
     :math:`\log p(x)` of each sequence and its posterior predictive draws new sequences
     from the fitted model. For MCMC runs use ``az.from_pyro``.

@@ -17,9 +17,10 @@ from pyrocrl.models.sae import (
     TopKSAE,
 )
 from pyrocrl.models.state_space import DeepMarkovModel, LinearGaussianSSM, TemporalVAE
-from pyrocrl.models.vae import IVAE, VAE
+from pyrocrl.models.vae import IVAE, VAE, IFlow
 
 __all__ = [
+    "IFlow",
     "IVAE",
     "VAE",
     "BatchTopKSAE",

@@ -86,6 +86,22 @@ class LatentVariableModel(PyroModule):
                 raise ValueError(f"{name}: u must have shape (N,) = ({x.shape[0]},) to match x, "
                                  f"got {tuple(u.shape)}")
 
+    def check_domain_labels(self, x, u, num_domains: int) -> None:
+        """Raise if ``u`` is not an integer tensor of ``(N,)`` domain indices in
+        ``[0, num_domains)`` (call after :meth:`check_data`, which checks its shape)."""
+        name = type(self).__name__
+        if u is None:
+            raise ValueError(f"{name}: u is required (the domain index of each sample, "
+                             f"shape ({x.shape[0]},) with values in [0, {num_domains})), "
+                             f"got None")
+        if u.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"{name}: u must be an integer tensor of domain indices, "
+                            f"got {u.dtype}")
+        low, high = int(u.min()), int(u.max())
+        if low < 0 or high >= num_domains:
+            raise ValueError(f"{name}: u must take values in [0, num_domains="
+                             f"{num_domains}), got values in [{low}, {high}]")
+
     def check_training_data(self, *data) -> None:
         """:meth:`check_data` plus warnings that only matter for the data a model is fitted
         on (e.g. too few domains for identifiability). :func:`fit_svi` calls this."""

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from pyrocrl.models.base import LatentVariableModel, warn_if_too_few_domains
 from pyrocrl.nn import mlp
+from pyrocrl.nn.flows import leaky_relu_flow
 
 
 class _GaussianVAE(LatentVariableModel):
@@ -157,24 +158,50 @@ class ConditionalVAE(_GaussianVAE):
 
     def check_data(self, x, u=None):
         super().check_data(x, u)
-        name = type(self).__name__
-        if u is None:
-            raise ValueError(f"{name}: u is required (the domain index of each sample, "
-                             f"shape ({x.shape[0]},) with values in [0, {self.num_domains})), "
-                             f"got None")
-        if u.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise TypeError(f"{name}: u must be an integer tensor of domain indices, "
-                            f"got {u.dtype}")
-        low, high = int(u.min()), int(u.max())
-        if low < 0 or high >= self.num_domains:
-            raise ValueError(f"{name}: u must take values in [0, num_domains="
-                             f"{self.num_domains}), got values in [{low}, {high}]")
+        self.check_domain_labels(x, u, self.num_domains)
 
     def encoder_input(self, x, u):
         return torch.cat([x, F.one_hot(u.long(), self.num_domains).to(x.dtype)], dim=-1)
 
 
-class IVAE(ConditionalVAE):
+class DomainGaussianPrior:
+    r"""The identifiable prior of :class:`IVAE` and :class:`IFlow`, as a mixin for a
+    :class:`LatentVariableModel`:
+    :math:`p(z \mid u) = \prod_i \mathcal N(z_i; \lambda_{u,i}, \tau_{u,i}^2)` with learned
+    per-domain means (unless ``learn_prior_mean=False``) and scales, the too-few-domains
+    warnings, and the density protocol of :func:`pyrocrl.diagnostics.sufficient_variability`."""
+
+    def init_domain_prior(self, num_domains: int, learn_prior_mean: bool) -> None:
+        # 2: means and variances vary across domains; 1: variances only
+        self.sufficient_statistics = 2 if learn_prior_mean else 1
+        warn_if_too_few_domains(type(self).__name__, self.latent_dim, num_domains,
+                                self.sufficient_statistics)
+        prior_loc = torch.zeros(num_domains, self.latent_dim)
+        if learn_prior_mean:
+            self.prior_loc = PyroParam(prior_loc)
+        else:
+            self.register_buffer("prior_loc", prior_loc)
+        self.prior_scale = PyroParam(torch.ones(num_domains, self.latent_dim),
+                                     constraint=constraints.positive)
+
+    def check_training_data(self, x, u=None):
+        self.check_data(x, u)
+        warn_if_too_few_domains(f"{type(self).__name__} (training data)", self.latent_dim,
+                                int(u.unique().numel()), self.sufficient_statistics)
+
+    def prior(self, u, x=None) -> dist.TorchDistribution:
+        """``p(z | u)``: batch shape ``u.shape``, event shape ``(n,)``."""
+        return dist.Normal(self.prior_loc[u], self.prior_scale[u]).to_event(1)
+
+    def conditional_log_prob(self, z, u, context=None):
+        """The learned prior's ``log p(z | u)`` for ``z: (P, latent_dim)``, ``u: (P,)``,
+        returned as ``(P,)`` and differentiable in ``z``: the density protocol of
+        :func:`pyrocrl.diagnostics.sufficient_variability`. ``context`` is ignored (the
+        latents are i.i.d. given ``u``)."""
+        return self.prior(u, z).log_prob(z)
+
+
+class IVAE(DomainGaussianPrior, ConditionalVAE):
     r"""Identifiable VAE with a conditionally factorial prior :math:`p(z \mid u)`.
 
     .. math::
@@ -192,7 +219,8 @@ class IVAE(ConditionalVAE):
     Identifiable is not the same as found: from a random start SVI ends in local optima of
     the ELBO. Through deep mixings use ``covariance="full"`` and start at the linear ICA
     solution (:func:`pyrocrl.inference.initialize_linear`; ``benchmarks/ivae.py`` measures
-    both recipes).
+    both recipes). For noise-free data with ``obs_dim == latent_dim``, :class:`IFlow` keeps
+    this prior and fits the exact likelihood instead of the ELBO (better on B1, README).
 
     Shapes: ``x: (N, obs_dim)`` float, ``u: (N,)`` long with values in
     ``[0, num_domains)``. ``encode(x, u)`` returns ``(N, latent_dim)``.
@@ -225,28 +253,105 @@ class IVAE(ConditionalVAE):
                  covariance: str = "diagonal"):
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
                          init_obs_scale, init_posterior_scale, covariance)
-        # 2: means and variances vary across domains; 1: variances only
-        self.sufficient_statistics = 2 if learn_prior_mean else 1
-        warn_if_too_few_domains("IVAE", latent_dim, num_domains, self.sufficient_statistics)
-        prior_loc = torch.zeros(num_domains, latent_dim)
-        if learn_prior_mean:
-            self.prior_loc = PyroParam(prior_loc)
-        else:
-            self.register_buffer("prior_loc", prior_loc)
-        self.prior_scale = PyroParam(torch.ones(num_domains, latent_dim),
-                                     constraint=constraints.positive)
+        self.init_domain_prior(num_domains, learn_prior_mean)
 
-    def check_training_data(self, x, u=None):
+
+class IFlow(DomainGaussianPrior, LatentVariableModel):
+    r"""Identifiable flow: :class:`IVAE`'s prior with an invertible decoder and the exact
+    likelihood instead of an ELBO (iFlow, Li et al. 2020).
+
+    .. math::
+        z \mid u \sim \prod_{i=1}^n \mathcal N(\lambda_{u,i}, \tau_{u,i}^2),\qquad
+        x = g_\theta(z),\qquad
+        \log p_\theta(x \mid u) = \log p\big(g_\theta^{-1}(x) \mid u\big)
+        + \log\big|\det J_{g_\theta^{-1}}(x)\big|
+
+    with :math:`g_\theta` an invertible leaky-ReLU network of width ``n``
+    (:func:`pyrocrl.nn.flows.leaky_relu_flow`: ``num_layers`` invertible affine layers with
+    smoothed leaky ReLUs between them). For noise-free data from an injective mixing with
+    ``obs_dim == latent_dim`` this model has no encoder, no decoder noise and no variational
+    gap: the posterior is the point mass at :math:`g_\theta^{-1}(x)`, the guide is empty and
+    SVI maximizes the exact log-likelihood (the loss is :math:`-\log p(x \mid u)` per point).
+    The prior's identifiability conditions are :class:`IVAE`'s (2n + 1 domains, or n + 1 with
+    ``learn_prior_mean=False``).
+
+    Exact is not the same as found: the likelihood of a leaky-ReLU flow has local optima, so
+    fit several starts and keep the one with the best held-out likelihood
+    (:func:`pyrocrl.inference.fit_restarts`; ``benchmarks/ivae.py`` measures it on B1).
+
+    Shapes: ``x: (N, obs_dim)`` float, ``u: (N,)`` long in ``[0, num_domains)``;
+    ``encode(x, u)`` returns :math:`g_\theta^{-1}(x)`, ``(N, latent_dim)`` (``u`` is checked,
+    not used).
+
+    Args:
+        obs_dim: D; must equal ``latent_dim`` (a square bijection).
+        latent_dim: n.
+        num_domains: number of values of ``u``.
+        num_layers: affine layers of :math:`g_\theta` (1 = linear ICA with this prior).
+        negative_slope: slope of the leaky ReLUs for negative inputs.
+        smoothness: initial smoothing :math:`\tau` of the leaky ReLUs (learned; see
+            :class:`pyrocrl.nn.flows.SmoothLeakyReLU` for why it is not 0).
+        learn_prior_mean: learn :math:`\lambda` (else 0: variance modulation only).
+
+    References:
+        1. Li, Hooi, Lee, "Identifying through Flows for Recovering Latent Representations",
+           ICLR 2020.
+        2. Khemakhem, Kingma, Monti & Hyvärinen, "Variational Autoencoders and Nonlinear
+           ICA: A Unifying Framework", AISTATS 2020.
+    """
+
+    def __init__(self, obs_dim: int, latent_dim: int, num_domains: int, num_layers: int = 3,
+                 negative_slope: float = 0.2, smoothness: float = 0.01,
+                 learn_prior_mean: bool = True):
+        super().__init__(obs_dim, latent_dim)
+        if obs_dim != latent_dim:
+            raise ValueError(f"IFlow: obs_dim must equal latent_dim (an invertible map), got "
+                             f"obs_dim={obs_dim}, latent_dim={latent_dim}; for obs_dim > "
+                             f"latent_dim use IVAE")
+        if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
+            raise ValueError(f"IFlow: num_domains must be a positive int, got {num_domains!r}")
+        self.num_domains = num_domains
+        self.layers = leaky_relu_flow(latent_dim, num_layers, negative_slope, smoothness)
+        self.init_domain_prior(num_domains, learn_prior_mean)
+
+    def check_data(self, x, u=None):
+        super().check_data(x, u)
+        self.check_domain_labels(x, u, self.num_domains)
+
+    def distribution(self, u) -> dist.TorchDistribution:
+        """:math:`p_\\theta(x \\mid u)`: batch shape ``u.shape``, event shape ``(D,)``."""
+        return dist.TransformedDistribution(self.prior(u), list(self.layers))
+
+    def model(self, x, u=None, num_data=None):
+        with self.data_plate(x.shape[0], num_data, x.device):
+            pyro.sample("x", self.distribution(u), obs=x)
+
+    def guide(self, x, u=None, num_data=None):
+        """Empty: the latents are a deterministic function of ``x``."""
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`g_\\theta^{-1}(x)`, ``(N, latent_dim)``, differentiable."""
+        z = x
+        for layer in reversed(self.layers):
+            z = layer.inv(z)
+        return z
+
+    def posterior(self, x, u=None):
+        """The point mass at :math:`g_\\theta^{-1}(x)`: ``(loc, zeros)``."""
+        z = self.inverse(x)
+        return z, torch.zeros_like(z)
+
+    def sample_posterior(self, x, u=None, num_samples: int = 1) -> torch.Tensor:
+        """``num_samples`` copies of :math:`g_\\theta^{-1}(x)`, ``(num_samples, N, n)``: the
+        exact (point-mass) posterior, which :func:`~pyrocrl.inference.to_inference_data`
+        uses as the posterior group."""
         self.check_data(x, u)
-        warn_if_too_few_domains("IVAE (training data)", self.latent_dim, int(u.unique().numel()),
-                                self.sufficient_statistics)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"IFlow.sample_posterior: num_samples must be a positive int, "
+                             f"got {num_samples!r}")
+        return self.inverse(x).expand(num_samples, *x.shape[:1], self.latent_dim)
 
-    def prior(self, u, x):
-        return dist.Normal(self.prior_loc[u], self.prior_scale[u]).to_event(1)
-
-    def conditional_log_prob(self, z, u, context=None):
-        """The learned prior's ``log p(z | u)`` for ``z: (P, latent_dim)``, ``u: (P,)``,
-        returned as ``(P,)`` and differentiable in ``z``: the density protocol of
-        :func:`pyrocrl.diagnostics.sufficient_variability`. ``context`` is ignored (the
-        latents are i.i.d. given ``u``)."""
-        return self.prior(u, z).log_prob(z)
+    def log_likelihood(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact :math:`\\log p_\\theta(x \\mid u)` of each point, ``(N,)`` (differentiable)."""
+        self.check_data(x, u)
+        return self.distribution(u).log_prob(x)
