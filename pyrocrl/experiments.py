@@ -11,7 +11,13 @@ import pyro
 import torch
 
 from pyrocrl import diagnostics, models
-from pyrocrl.inference import FitResult, fit_svi, initialize_contrastive, initialize_linear
+from pyrocrl.inference import (
+    FitResult,
+    fit_restarts,
+    fit_svi,
+    initialize_contrastive,
+    initialize_linear,
+)
 from pyrocrl.simulate import Dataset
 
 #: Training settings for the i.i.d. models on nonstationary sources (B1/B2, the demo and the
@@ -36,22 +42,29 @@ class Run:
                 "mcc_spearman": float(self.mcc_spearman), "affine_r2": float(self.affine_r2),
                 "fit_seconds": self.fit.time_s, "steps": self.fit.num_steps,
                 "final_loss": float(np.mean(self.fit.losses[-100:])),
-                "device": self.fit.device}
+                "device": self.fit.device,
+                **{key: self.fit.metrics[key] for key in
+                   ("restart_validation_loss", "chosen_restart") if key in self.fit.metrics}}
 
+
+#: Training settings for IFlow's exact likelihood (B1: 5 starts of 20000 steps with these
+#: reach 0.971 on seeds 0-2, 0.938 on seeds 0-4; the step size decays to a tenth over the run).
+IFLOW_FIT = dict(batch_size=1024, learning_rate=1e-2, learning_rate_decay=0.1, log_every=200)
 
 #: Training settings for the sequence models (B3-B5 and the temporal recovery tests), chosen
 #: on the training ELBO only.
 TEMPORAL_FIT = dict(batch_size=64, learning_rate=2e-3, log_every=200)
 
 #: Models :func:`fit_and_score` can build; the i.i.d. ones see sequences as single frames.
-IID_MODELS = ("ivae", "vae")
+IID_MODELS = ("ivae", "vae", "iflow")
 SEQUENCE_MODELS = ("temporal_vae", "dmm")
 
 
 def build_model(name: str, train: Dataset, **options) -> models.LatentVariableModel:
-    """A fresh model ``name`` sized for ``train``: ``"ivae"``, ``"vae"``, ``"temporal_vae"``
-    or ``"dmm"``. The latent dimension defaults to the true one and the lag and number of
-    domains to ``train.info``'s; ``latent_dim=``/``lag=`` in ``options`` override them."""
+    """A fresh model ``name`` sized for ``train``: ``"ivae"``, ``"vae"``, ``"iflow"``,
+    ``"temporal_vae"`` or ``"dmm"``. The latent dimension defaults to the true one and the
+    lag and number of domains to ``train.info``'s; ``latent_dim=``/``lag=`` in ``options``
+    override them."""
     obs_dim = train.x.shape[-1]
     latent_dim = options.pop("latent_dim", train.z.shape[-1])
     lag = options.pop("lag", int(train.info.get("lag", 1)))
@@ -60,6 +73,8 @@ def build_model(name: str, train: Dataset, **options) -> models.LatentVariableMo
         return models.IVAE(obs_dim, latent_dim, num_domains, **options)
     if name == "vae":
         return models.VAE(obs_dim, latent_dim, **options)
+    if name == "iflow":
+        return models.IFlow(obs_dim, latent_dim, num_domains, **options)
     if name == "temporal_vae":
         return models.TemporalVAE(obs_dim, latent_dim, lag=lag, num_domains=num_domains,
                                   **options)
@@ -99,7 +114,8 @@ def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batc
 
 def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed: int = 0,
                   device: str = "auto", progress: bool = False, model_options=None,
-                  init: str = "random", init_steps: int = 3000, **fit_options) -> Run:
+                  init: str = "random", init_steps: int = 3000, restarts: int = 1,
+                  **fit_options) -> Run:
     """Fit a fresh model ``name`` (see :func:`build_model`) on ``train`` (initialized from
     ``seed``) and score its posterior means on the held-out ``test`` split (every frame of
     every sequence). No ground truth is used for any choice.
@@ -111,19 +127,43 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     classification steps; a poor start for IVAE, whose factorized prior makes it
     time-contrastive learning — see there). ``fit_options`` go to
     :func:`~pyrocrl.inference.fit_svi`; a ``validation`` given as a :class:`Dataset` split is
-    passed as the model sees it (frames for the i.i.d. models, like ``train``)."""
+    passed as the model sees it (frames for the i.i.d. models, like ``train``).
+
+    ``restarts > 1`` fits that many fresh models (each with its own start) on 90 % of
+    ``train`` and keeps the one with the best loss on the other 10 %
+    (:func:`~pyrocrl.inference.fit_restarts`); the time of all restarts is counted."""
     _check_init(init, "fit_and_score")
+    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
+        raise ValueError(f"fit_and_score: restarts must be a positive int, got {restarts!r}")
     pyro.set_rng_seed(seed)
-    model = build_model(name, train, **dict(model_options or {}))
-    defaults = TEMPORAL_FIT if name in SEQUENCE_MODELS else IID_FIT
+    model = build_model(name, train, **dict(model_options or {})) if restarts == 1 else None
+    defaults = (TEMPORAL_FIT if name in SEQUENCE_MODELS else
+                IFLOW_FIT if name == "iflow" else IID_FIT)
     options = {**defaults, **fit_options}
     if isinstance(options.get("validation"), Dataset):
         options["validation"] = _model_inputs(name, options["validation"])
     t0 = time.perf_counter()
-    _initialize(model, init, *_model_inputs(name, train), init_steps, seed, device,
-                options["batch_size"])
-    result = fit_svi(model, *_model_inputs(name, train), num_steps=num_steps, seed=seed,
-                     device=device, progress=progress, **options)
+    if restarts > 1:
+        if options.get("validation") is not None:
+            raise ValueError("fit_and_score: restarts > 1 holds out its own validation split; "
+                             "do not pass validation")
+        fit_part, held_out = train.split(0.9, seed=seed)
+
+        def build():
+            fresh = build_model(name, train, **dict(model_options or {}))
+            _initialize(fresh, init, *_model_inputs(name, fit_part), init_steps, seed, device,
+                        options["batch_size"])
+            return fresh
+
+        model, result = fit_restarts(build, *_model_inputs(name, fit_part),
+                                     validation=_model_inputs(name, held_out),
+                                     restarts=restarts, num_steps=num_steps, seed=seed,
+                                     device=device, progress=progress, **options)
+    else:
+        _initialize(model, init, *_model_inputs(name, train), init_steps, seed, device,
+                    options["batch_size"])
+        result = fit_svi(model, *_model_inputs(name, train), num_steps=num_steps, seed=seed,
+                         device=device, progress=progress, **options)
     result.time_s = time.perf_counter() - t0
     z_est = model.encode(*_model_inputs(name, test)).cpu().numpy().reshape(test.z.shape)
     return Run(

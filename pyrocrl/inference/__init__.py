@@ -12,6 +12,7 @@ from pyrocrl.inference.initialize import (
 from pyrocrl.inference.mcmc import fit_mcmc, mcmc_to_inference_data
 from pyrocrl.inference.next_token import fit_next_token
 from pyrocrl.inference.posterior import guide_khat, to_inference_data
+from pyrocrl.inference.restarts import fit_restarts
 from pyrocrl.inference.sae import fit_sae
 from pyrocrl.inference.svi import FitResult, NonFiniteLossError, fit_svi, resolve_device
 
@@ -21,6 +22,7 @@ __all__ = [
     "NonFiniteLossError",
     "fit_mcmc",
     "fit_next_token",
+    "fit_restarts",
     "fit_sae",
     "fit_svi",
     "guide_khat",
