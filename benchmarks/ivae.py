@@ -8,7 +8,10 @@ For each seed: simulate, split 80/20, fit each model from scratch for a fixed nu
 posterior, random start), ``ivae_linear`` (full-covariance posterior started at the linear ICA
 solution of (x, u): ``pyrocrl.inference.initialize_linear``), the ``vae`` baseline, and
 ``ivae_linear_iwae`` (``ivae_linear`` trained on the importance-weighted bound with 5
-particles; not in the default run: ``--variants``).
+particles), ``iflow`` (``pyrocrl.models.IFlow``: the same prior, the exact likelihood of an
+invertible leaky-ReLU network; 10 random starts, the best on a held-out 10 % of the training
+split kept) and ``iflow_long`` (5 starts of twice the steps); the last three are not in the
+default run: ``--variants``.
 
 Published anchor: iVAE ~0.9 MCC (Khemakhem et al. 2020, Fig. 2), which users report failing to
 reproduce. Target: IVAE >= 0.95 in <= 10 min per fit on 2 CPU cores; VAE clearly below.
@@ -18,6 +21,8 @@ The same data with a linear mixing (``mixing_layers=1``) is run as a control.
     python benchmarks/ivae.py --quick       # seconds, for the test suite
     python benchmarks/ivae.py --variants ivae_linear_iwae --mixing-layers 3
                                             # -> results/ivae_ivae_linear_iwae.json
+    python benchmarks/ivae.py --variants iflow --mixing-layers 3
+                                            # -> results/ivae_iflow.json
     python benchmarks/ivae.py --variants ivae_linear --mixing-layers 3 --steps 80000
                                             # -> results/ivae_ivae_linear_80000steps.json
 """
@@ -46,17 +51,26 @@ VARIANTS = {
     "vae": ("vae", {}),
     "ivae_linear_iwae": ("ivae", {"model_options": {"covariance": "full"}, "init": "linear",
                                   "elbo": "iwae", "num_particles": 5}),
+    # the exact likelihood of an invertible leaky-ReLU network (obs_dim == latent_dim only),
+    # trained with experiments.IFLOW_FIT: 5 starts of 20000 steps on 90 % of train, the best
+    # on the other 10 % kept (the recommended recipe) ...
+    "iflow_long": ("iflow", {"restarts": 5, "steps": 20000}),
+    # ... and the same compute as 10 starts of 10000 steps, the step size decaying to 1 %
+    "iflow": ("iflow", {"restarts": 10, "steps": 10000, "learning_rate_decay": 0.01}),
 }
 DEFAULT_VARIANTS = ["ivae", "ivae_linear", "vae"]
 FULL = dict(num_latents=5, num_domains=40, samples_per_domain=1000, steps=20000,
             init_steps=3000)
 QUICK = dict(num_latents=2, num_domains=6, samples_per_domain=100, steps=60, init_steps=20)
 PUBLISHED_IVAE = 0.9
+DEFAULT_SEEDS = [0, 1, 2]
 
 
 def main(argv=None):
     parser = benchmark_parser(__doc__)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS,
+                        help="data seeds (another list than 0 1 2 is added to the result's "
+                             "name)")
     parser.add_argument("--steps", type=int, default=None,
                         help="SVI steps per fit (default 20000); another number is added to "
                              "the result's name")
@@ -81,9 +95,15 @@ def main(argv=None):
                 samples_per_domain=size["samples_per_domain"], mixing_layers=layers, seed=seed)
             train, test = ds.split(0.8, seed=seed)
             for label, (name, options) in variants.items():
+                options = dict(options)
                 if options.get("init") == "linear":
-                    options = {**options, "init_steps": size["init_steps"]}
-                run = fit_and_score(name, train, test, num_steps=size["steps"], seed=seed,
+                    options["init_steps"] = size["init_steps"]
+                steps = size["steps"] if args.quick or args.steps else options.get(
+                    "steps", size["steps"])
+                options.pop("steps", None)
+                if args.quick and "restarts" in options:
+                    options["restarts"] = 2
+                run = fit_and_score(name, train, test, num_steps=steps, seed=seed,
                                     device=args.device, **options)
                 rows.append({"mixing_layers": layers, "seed": seed, **run.summary(),
                              "variant": label})
@@ -99,6 +119,8 @@ def main(argv=None):
     name = "ivae" if args.variants == DEFAULT_VARIANTS else "_".join(["ivae"] + args.variants)
     if args.steps and not args.quick:
         name += f"_{args.steps}steps"
+    if args.seeds != DEFAULT_SEEDS and not args.quick:
+        name += "_seeds" + "-".join(map(str, args.seeds))
     path = write(name + ("_quick" if args.quick else ""), {
         "setting": {**size, "mixing_layers": args.mixing_layers, "split": "80/20 held-out",
                     "seeds": args.seeds},

@@ -12,7 +12,8 @@
 # 3-layer leaky-ReLU mixing our IVAE does not yet recover the sources reliably: held-out MCC
 # 0.740 with the recommended recipe, `covariance="full"` plus
 # `inference.initialize_linear`, see `benchmarks/results/ivae.json`; 0.775 when that recipe
-# trains on the importance-weighted bound, `elbo="iwae"`). Here both models start
+# trains on the importance-weighted bound, `elbo="iwae"`; the exact-likelihood `IFlow` of the
+# last section reaches 0.971 on B1's three seeds, 0.938 over five). Here both models start
 # at random, so the comparison isolates what the prior does.
 #
 # * The **VAE** has prior $p(z) = \mathcal N(0, I)$. Rotating its latent space,
@@ -109,3 +110,40 @@ for row, (name, run) in zip(axes, runs.items()):
 fig.tight_layout()
 os.makedirs("tutorials/figures", exist_ok=True)
 fig.savefig("tutorials/figures/01_latents.png", dpi=110)
+
+# %% [markdown]
+# ## Through a deep mixing: the exact likelihood
+# Through the 3-layer leaky-ReLU mixing the IVAE's ELBO is the weak point: even started at
+# the truth, a Gaussian-decoder ELBO drifts away while its loss falls (README, B1). When
+# `obs_dim == latent_dim` and the data are noise-free, `models.IFlow` keeps the same prior and
+# replaces encoder, decoder and ELBO by an invertible leaky-ReLU network and its exact
+# log-likelihood,
+# $\log p(x \mid u) = \log p(g^{-1}(x) \mid u) + \log\lvert\det J_{g^{-1}}(x)\rvert$. The
+# likelihood has local optima, so `restarts` fits several starts on 90 % of the training
+# data and keeps the one with the best likelihood on the other 10 % (never ground truth).
+
+# %%
+deep = simulate.nonstationary_sources(num_latents=3, num_domains=20, mixing_layers=3,
+                                      samples_per_domain=100 if smoke_test else 500, seed=0)
+deep_train, deep_test = deep.split(0.8, seed=0)
+deep_runs = {  # fit_and_score trains IFlow with experiments.IFLOW_FIT (batch 1024, Adam 1e-2)
+    "ivae": fit_and_score("ivae", deep_train, deep_test, num_steps=num_steps, seed=0),
+    "iflow": fit_and_score("iflow", deep_train, deep_test, seed=0, restarts=2 if smoke_test else 5,
+                           num_steps=100 if smoke_test else 10000),
+}
+flow = deep_runs["iflow"]
+print("each restart's held-out NLL:",
+      [round(v, 3) for v in flow.fit.metrics["restart_validation_loss"]])
+flow_loglik = float(flow.model.log_likelihood(deep_test.x, deep_test.u).mean())
+print(f"IFlow held-out log p(x|u) {flow_loglik:.3f}, "
+      f"truth {float(simulate.exact_log_prob(deep_test).mean()):.3f}")
+for name, run in deep_runs.items():
+    print(f"{name.upper():5s} 3-layer mixing, held-out MCC {float(run.mcc):.3f}")
+
+# %% [markdown]
+# The restart with the best held-out likelihood is kept. On B1's larger problem (5 sources,
+# 40 domains; 5 starts of 20 000 steps) this recipe reaches a held-out MCC of 0.971 ± 0.027
+# on three data seeds (0.938 over five, two of them below 0.95) against the IVAE's 0.740
+# (README, B1). What remains is optimization, not the objective:
+# most starts stop on plateaus well above the truth's likelihood, and the restarts are there
+# to find one that does not.

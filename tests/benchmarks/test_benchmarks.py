@@ -46,3 +46,13 @@ def test_latent_dag_sparsity_and_mixings_name_their_file(tmp_path):
     assert "median_shd_contrastive_only" in result["B7"]["1_layer"]
     with pytest.raises(SystemExit):  # the L1 term belongs to the contrastive start
         load("latent_dag").main(["--quick", "--init-sparsity", "0.1", "--out", str(tmp_path)])
+
+
+def test_ivae_iflow_variant_runs_its_restarts(tmp_path):
+    load("ivae").main(["--quick", "--variants", "iflow", "--mixing-layers", "3",
+                       "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "ivae_iflow_quick.json").read_text())
+    (run,) = [r for r in result["runs"] if r["seed"] == 0]
+    assert run["model"] == "iflow" and run["variant"] == "iflow"
+    assert len(run["restart_validation_loss"]) == 2  # quick mode: 2 restarts
+    assert "iflow" in result["summary"]["3_layer"]
