@@ -277,7 +277,10 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
 
     Exact is not the same as found: the likelihood of a leaky-ReLU flow has local optima, so
     fit several starts and keep the one with the best held-out likelihood
-    (:func:`pyrocrl.inference.fit_restarts`; ``benchmarks/ivae.py`` measures it on B1).
+    (:func:`pyrocrl.inference.fit_restarts`, or ``fit_and_score("iflow", ..., restarts=5)``).
+    On B1 (5 sources, 40 domains, 3-layer mixing) 5 starts of 20 000 steps reach a held-out
+    MCC of 0.971 on data seeds 0-2 and 0.938 on seeds 0-4, where IVAE reaches 0.740
+    (``benchmarks/ivae.py --variants iflow_long``).
 
     Shapes: ``x: (N, obs_dim)`` float, ``u: (N,)`` long in ``[0, num_domains)``;
     ``encode(x, u)`` returns :math:`g_\theta^{-1}(x)`, ``(N, latent_dim)`` (``u`` is checked,

@@ -81,7 +81,8 @@ class SmoothLeakyReLU(TransformModule):
     Args:
         dim: the width.
         negative_slope: :math:`a \in (0, 1]` (:math:`a = 1` is the identity).
-        smoothness: initial :math:`\tau > 0` (learned, in the units of the layer's input).
+        smoothness: initial :math:`\tau > 0` (learned; in the units of :math:`y`, the
+            layer's output, which the inverse :math:`\rho` reads).
     """
 
     domain = constraints.real_vector
