@@ -76,7 +76,8 @@ def main(argv=None):
                              "the result's name")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--mixing-layers", type=int, nargs="+", default=[3, 1],
-                        help="mixing depths to run (3 = the published setting, 1 = linear)")
+                        help="mixing depths to run (3 = the published setting, 1 = linear); "
+                             "a list other than '3 1' or '3' is added to the result's name")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=DEFAULT_VARIANTS,
                         help="variants to run; another list than the default writes "
@@ -119,6 +120,8 @@ def main(argv=None):
     name = "ivae" if args.variants == DEFAULT_VARIANTS else "_".join(["ivae"] + args.variants)
     if args.steps and not args.quick:
         name += f"_{args.steps}steps"
+    if args.mixing_layers not in ([3, 1], [3]) and not args.quick:
+        name += "_mixing" + "-".join(map(str, args.mixing_layers))
     if args.seeds != DEFAULT_SEEDS and not args.quick:
         name += "_seeds" + "-".join(map(str, args.seeds))
     path = write(name + ("_quick" if args.quick else ""), {
