@@ -136,7 +136,6 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
         raise ValueError(f"fit_and_score: restarts must be a positive int, got {restarts!r}")
     pyro.set_rng_seed(seed)
-    model = build_model(name, train, **dict(model_options or {})) if restarts == 1 else None
     defaults = (TEMPORAL_FIT if name in SEQUENCE_MODELS else
                 IFLOW_FIT if name == "iflow" else IID_FIT)
     options = {**defaults, **fit_options}
@@ -149,10 +148,10 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
                              "do not pass validation")
         fit_part, held_out = train.split(0.9, seed=seed)
 
-        def build():
+        def build():  # fit_restarts seeds torch with seed + r: each start its own init
             fresh = build_model(name, train, **dict(model_options or {}))
-            _initialize(fresh, init, *_model_inputs(name, fit_part), init_steps, seed, device,
-                        options["batch_size"])
+            _initialize(fresh, init, *_model_inputs(name, fit_part), init_steps,
+                        torch.initial_seed(), device, options["batch_size"])
             return fresh
 
         model, result = fit_restarts(build, *_model_inputs(name, fit_part),
@@ -160,6 +159,7 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
                                      restarts=restarts, num_steps=num_steps, seed=seed,
                                      device=device, progress=progress, **options)
     else:
+        model = build_model(name, train, **dict(model_options or {}))
         _initialize(model, init, *_model_inputs(name, train), init_steps, seed, device,
                     options["batch_size"])
         result = fit_svi(model, *_model_inputs(name, train), num_steps=num_steps, seed=seed,

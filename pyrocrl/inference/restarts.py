@@ -15,7 +15,8 @@ def fit_restarts(build_model: Callable[[], object], *data, validation, restarts:
 
     For objectives with local optima that a better start or a longer run does not fix (e.g.
     the exact likelihood of :class:`~pyrocrl.models.IFlow`): restart ``r`` seeds torch with
-    ``seed + r``, calls ``build_model()`` (so its random initial weights differ) and runs
+    ``seed + r``, calls ``build_model()`` (so its random initial weights differ; a seeded
+    start inside it can read its seed as ``torch.initial_seed()``) and runs
     :func:`fit_svi` on ``data`` with ``seed=seed + r``, ``validation`` and ``fit_options``.
     Each run ends with the parameters of its best validation evaluation (``fit_svi``'s model
     selection); the run whose best held-out loss (negative ELBO per point, or the exact

@@ -22,29 +22,23 @@ from torch.nn import functional as F
 
 class InvertibleLinear(TransformModule):
     r"""An invertible affine layer, parametrized by its inverse:
-    :math:`h = A^{-1}(y - c)` generatively, :math:`y \mapsto A y + c` backwards, with
+    :math:`y = A^{-1}(h - c)` generatively (input :math:`h`, output :math:`y`),
+    :math:`y \mapsto A y + c` backwards, with
     :math:`\log|\det \partial y / \partial h| = -\log|\det A|`.
 
     Args:
-        dim: the width (input and output).
-        init: ``"orthogonal"`` (a Haar-random orthogonal :math:`A` drawn from torch's RNG, so
-            ``torch.manual_seed`` fixes it) or ``"identity"``.
+        dim: the width (input and output). :math:`A` starts as a Haar-random orthogonal
+            matrix drawn from torch's RNG (``torch.manual_seed`` fixes it), :math:`c` at 0.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, dim: int, init: str = "orthogonal"):
+    def __init__(self, dim: int):
         super().__init__(cache_size=0)
-        if init == "orthogonal":
-            q, r = torch.linalg.qr(torch.randn(dim, dim))
-            weight = q * torch.sign(torch.diagonal(r))
-        elif init == "identity":
-            weight = torch.eye(dim)
-        else:
-            raise ValueError(f"InvertibleLinear: init must be 'orthogonal' or 'identity', "
-                             f"got {init!r}")
+        q, r = torch.linalg.qr(torch.randn(dim, dim))
+        weight = q * torch.sign(torch.diagonal(r))
         self.weight = nn.Parameter(weight)  # A
         self.bias = nn.Parameter(torch.zeros(dim))  # c
 

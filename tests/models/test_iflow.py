@@ -10,6 +10,7 @@ import torch
 from pyrocrl import diagnostics, simulate
 from pyrocrl.inference import fit_restarts, fit_svi, to_inference_data
 from pyrocrl.models import IdentifiabilityWarning, IFlow
+from pyrocrl.nn.flows import InvertibleLinear
 
 
 def at_the_truth(ds, smoothness=1e-6):
@@ -20,7 +21,7 @@ def at_the_truth(ds, smoothness=1e-6):
     model = IFlow(n, n, process.num_domains, num_layers=g.num_layers,
                   negative_slope=g.negative_slope, smoothness=smoothness).double()
     with torch.no_grad():
-        linear = [layer for layer in model.layers if hasattr(layer, "weight")]
+        linear = [layer for layer in model.layers if isinstance(layer, InvertibleLinear)]
         for layer, w in zip(linear, g.weights):
             layer.weight.copy_(torch.linalg.inv(w.double()))
         model.prior_loc.copy_(process.loc.double())
@@ -82,7 +83,10 @@ def test_fitting_raises_the_likelihood_and_finds_the_sources_of_a_linear_mixing(
     before = model.log_likelihood(test.x, test.u).mean().item()
     fit_svi(model, train.x, train.u, num_steps=1500, batch_size=512, learning_rate=1e-2,
             progress=False)
-    assert model.log_likelihood(test.x, test.u).mean().item() > before + 0.5
+    after = model.log_likelihood(test.x, test.u).mean().item()
+    # a linear mixing is inside the 1-layer model: the fit reaches the truth's exact held-out
+    # log-likelihood (measured -3.426 vs -3.409; started at -4.309)
+    assert after > before and after > simulate.exact_log_prob(test).mean().item() - 0.05
     assert float(diagnostics.mcc(test.z, model.encode(test.x, test.u))) > 0.95
 
 

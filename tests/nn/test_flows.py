@@ -75,7 +75,5 @@ def test_bad_arguments_name_themselves():
         SmoothLeakyReLU(2, negative_slope=0.0)
     with pytest.raises(ValueError, match="smoothness"):
         SmoothLeakyReLU(2, smoothness=0.0)
-    with pytest.raises(ValueError, match="init"):
-        InvertibleLinear(2, init="random")
     with pytest.raises(ValueError, match="num_layers"):
         leaky_relu_flow(2, num_layers=0)
