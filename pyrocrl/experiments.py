@@ -44,7 +44,8 @@ class Run:
                 "final_loss": float(np.mean(self.fit.losses[-100:])),
                 "device": self.fit.device,
                 **{key: self.fit.metrics[key] for key in
-                   ("restart_validation_loss", "chosen_restart") if key in self.fit.metrics}}
+                   ("restart_validation_loss", "chosen_restart", "start_validation_loss",
+                    "chosen_start") if key in self.fit.metrics}}
 
 
 #: Training settings for IFlow's exact likelihood (B1: 5 starts of 20000 steps with these
@@ -131,7 +132,10 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
 
     ``restarts > 1`` fits that many fresh models (each with its own start) on 90 % of
     ``train`` and keeps the one with the best loss on the other 10 %
-    (:func:`~pyrocrl.inference.fit_restarts`); the time of all restarts is counted."""
+    (:func:`~pyrocrl.inference.fit_restarts`); the time of all restarts is counted.
+    ``model_options={"num_starts": K}`` (``"iflow"``) trains K starts side by side in one
+    model on 90 % of ``train`` and keeps the one with the best likelihood on the other 10 %
+    (:meth:`~pyrocrl.models.IFlow.select_start`; ``init`` must be ``"random"``)."""
     _check_init(init, "fit_and_score")
     if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
         raise ValueError(f"fit_and_score: restarts must be a positive int, got {restarts!r}")
@@ -141,23 +145,35 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     options = {**defaults, **fit_options}
     if isinstance(options.get("validation"), Dataset):
         options["validation"] = _model_inputs(name, options["validation"])
+    num_starts = (model_options or {}).get("num_starts", 1)
+    if num_starts > 1 and (restarts > 1 or init != "random"):
+        raise ValueError(f"fit_and_score: model_options num_starts={num_starts} trains random "
+                         f"starts side by side; it takes neither restarts={restarts} nor "
+                         f"init={init!r}")
+    if (restarts > 1 or num_starts > 1) and options.get("validation") is not None:
+        raise ValueError("fit_and_score: restarts > 1 or num_starts > 1 holds out its own "
+                         "validation split; do not pass validation")
     t0 = time.perf_counter()
-    if restarts > 1:
-        if options.get("validation") is not None:
-            raise ValueError("fit_and_score: restarts > 1 holds out its own validation split; "
-                             "do not pass validation")
+    if restarts > 1 or num_starts > 1:
         fit_part, held_out = train.split(0.9, seed=seed)
-
+        fit_inputs, held_out_inputs = _model_inputs(name, fit_part), _model_inputs(name, held_out)
+    if restarts > 1:
         def build():  # fit_restarts seeds torch with seed + r: each start its own init
             fresh = build_model(name, train, **dict(model_options or {}))
-            _initialize(fresh, init, *_model_inputs(name, fit_part), init_steps,
-                        torch.initial_seed(), device, options["batch_size"])
+            _initialize(fresh, init, *fit_inputs, init_steps, torch.initial_seed(), device,
+                        options["batch_size"])
             return fresh
 
-        model, result = fit_restarts(build, *_model_inputs(name, fit_part),
-                                     validation=_model_inputs(name, held_out),
+        model, result = fit_restarts(build, *fit_inputs, validation=held_out_inputs,
                                      restarts=restarts, num_steps=num_steps, seed=seed,
                                      device=device, progress=progress, **options)
+    elif num_starts > 1:  # IFlow's starts side by side, the best on held_out kept
+        model = build_model(name, train, **dict(model_options))
+        result = fit_svi(model, *fit_inputs, num_steps=num_steps, seed=seed, device=device,
+                         progress=progress, **options)
+        scores = model.select_start(*held_out_inputs)
+        result.metrics["start_validation_loss"] = (-scores).tolist()
+        result.metrics["chosen_start"] = [int(scores.argmax())]
     else:
         model = build_model(name, train, **dict(model_options or {}))
         _initialize(model, init, *_model_inputs(name, train), init_steps, seed, device,

@@ -7,6 +7,11 @@ stores the parameters of its *inverse* (observation to latent), which is what tr
 evaluates (``TransformedDistribution.log_prob`` runs the layers backwards): the inverse and its
 log-determinant are closed-form, and only sampling new ``x`` needs a linear solve or a few
 Newton steps.
+
+Every layer takes ``copies=K`` to hold K independent sets of parameters with a leading
+dimension of size K (a population of starts trained side by side, :class:`IFlow`'s
+``num_starts``): an input ``(N, dim)`` or ``(K, N, dim)`` maps to ``(K, N, dim)``, and the
+log-determinants have shape ``(K, N)``. The default ``copies=None`` keeps no such dimension.
 """
 
 from __future__ import annotations
@@ -29,28 +34,38 @@ class InvertibleLinear(TransformModule):
     Args:
         dim: the width (input and output). :math:`A` starts as a Haar-random orthogonal
             matrix drawn from torch's RNG (``torch.manual_seed`` fixes it), :math:`c` at 0.
+        copies: K independent copies (a leading parameter dimension; module docstring), or
+            None for one without that dimension.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, copies: int | None = None):
         super().__init__(cache_size=0)
-        q, r = torch.linalg.qr(torch.randn(dim, dim))
-        weight = q * torch.sign(torch.diagonal(r))
-        self.weight = nn.Parameter(weight)  # A
-        self.bias = nn.Parameter(torch.zeros(dim))  # c
+        batch = _batch_shape(copies)
+        q, r = torch.linalg.qr(torch.randn(*batch, dim, dim))
+        weight = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+        self.weight = nn.Parameter(weight)  # A: (*batch, dim, dim)
+        self.bias = nn.Parameter(torch.zeros(*batch, dim))  # c
+
+    def _per_point(self):
+        # A and c broadcast over points: copies get a point dimension left of the feature one
+        if self.weight.dim() == 2:
+            return self.weight, self.bias
+        return self.weight.unsqueeze(-3), self.bias.unsqueeze(-2)
 
     def _call(self, h):
-        # y with A y + c = h
-        return torch.linalg.solve(self.weight, (h - self.bias).unsqueeze(-1)).squeeze(-1)
+        weight, bias = self._per_point()  # y with A y + c = h
+        return torch.linalg.solve(weight, (h - bias).unsqueeze(-1)).squeeze(-1)
 
     def _inverse(self, y):
-        return y @ self.weight.T + self.bias
+        return y @ self.weight.mT + self._per_point()[1]
 
     def log_abs_det_jacobian(self, h, y):
-        return (-torch.linalg.slogdet(self.weight)[1]).expand(h.shape[:-1])
+        log_det = -torch.linalg.slogdet(self._per_point()[0])[1]  # () or (K, 1)
+        return log_det.expand(torch.broadcast_shapes(h.shape[:-1], log_det.shape))
 
 
 class SmoothLeakyReLU(TransformModule):
@@ -77,13 +92,15 @@ class SmoothLeakyReLU(TransformModule):
         negative_slope: :math:`a \in (0, 1]` (:math:`a = 1` is the identity).
         smoothness: initial :math:`\tau > 0` (learned; in the units of :math:`y`, the
             layer's output, which the inverse :math:`\rho` reads).
+        copies: K independent copies of :math:`\tau` (module docstring), or None.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, dim: int, negative_slope: float = 0.2, smoothness: float = 0.01):
+    def __init__(self, dim: int, negative_slope: float = 0.2, smoothness: float = 0.01,
+                 copies: int | None = None):
         super().__init__(cache_size=0)
         if not 0.0 < negative_slope <= 1.0:
             raise ValueError(f"SmoothLeakyReLU: negative_slope must lie in (0, 1], "
@@ -91,11 +108,13 @@ class SmoothLeakyReLU(TransformModule):
         if not smoothness > 0:
             raise ValueError(f"SmoothLeakyReLU: smoothness must be positive, got {smoothness}")
         self.dim, self.negative_slope = dim, negative_slope
-        self.log_smoothness = nn.Parameter(torch.tensor(math.log(smoothness)))
+        self.log_smoothness = nn.Parameter(torch.full(_batch_shape(copies), math.log(smoothness)))
 
     @property
     def smoothness(self) -> torch.Tensor:
-        return self.log_smoothness.exp()
+        """:math:`\tau`: a scalar, or ``(K, 1, 1)`` with copies (broadcasts over points)."""
+        tau = self.log_smoothness.exp()
+        return tau if tau.dim() == 0 else tau[:, None, None]
 
     def _rho(self, y):
         tau = self.smoothness
@@ -118,8 +137,16 @@ class SmoothLeakyReLU(TransformModule):
         return -self._log_rho_prime(y).sum(-1)
 
 
+def _batch_shape(copies: int | None) -> tuple[int, ...]:
+    if copies is None:
+        return ()
+    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
+        raise ValueError(f"copies must be a positive int or None, got {copies!r}")
+    return (copies,)
+
+
 def leaky_relu_flow(dim: int, num_layers: int = 3, negative_slope: float = 0.2,
-                    smoothness: float = 0.01) -> nn.ModuleList:
+                    smoothness: float = 0.01, copies: int | None = None) -> nn.ModuleList:
     r"""The generative layers of an invertible leaky-ReLU network of width ``dim``:
 
     .. math::
@@ -128,13 +155,13 @@ def leaky_relu_flow(dim: int, num_layers: int = 3, negative_slope: float = 0.2,
     (:class:`InvertibleLinear` and :class:`SmoothLeakyReLU` alternating, ``num_layers``
     linear layers). ``num_layers=1`` is an invertible affine map. The same function class as
     :class:`pyrocrl.simulate.LeakyReLUMLPMixing` with ``obs_dim == latent_dim`` (plus biases and a
-    small smoothing)."""
+    small smoothing). ``copies=K``: K independent networks side by side (module docstring)."""
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise ValueError(f"leaky_relu_flow: num_layers must be a positive int, got "
                          f"{num_layers!r}")
     layers: list[nn.Module] = []
     for i in range(num_layers):
-        layers.append(InvertibleLinear(dim))
+        layers.append(InvertibleLinear(dim, copies))
         if i < num_layers - 1:
-            layers.append(SmoothLeakyReLU(dim, negative_slope, smoothness))
+            layers.append(SmoothLeakyReLU(dim, negative_slope, smoothness, copies))
     return nn.ModuleList(layers)

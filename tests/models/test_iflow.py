@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyrocrl import diagnostics, simulate
+from pyrocrl.experiments import fit_and_score
 from pyrocrl.inference import fit_restarts, fit_svi, to_inference_data
 from pyrocrl.models import IdentifiabilityWarning, IFlow
 from pyrocrl.nn.flows import InvertibleLinear
@@ -149,3 +150,84 @@ def test_fit_restarts_bad_input(data):
         fit_restarts(lambda: IFlow(3, 3, 8), data.x, data.u, validation=None)
     with pytest.raises(TypeError, match="build_model"):
         fit_restarts(IFlow(3, 3, 8), data.x, data.u, validation=(data.x, data.u))
+
+
+# ------------------------------------------------------------------------------------------
+# starts side by side (num_starts)
+
+
+def single_starts(population):
+    """The population's starts as K separate one-start IFlows with copied parameters."""
+    singles = []
+    for k in range(population.num_starts):
+        single = IFlow(3, 3, 8)
+        with torch.no_grad():
+            for mine, theirs in zip(single.parameters(), population.parameters()):
+                mine.copy_(theirs[k])
+        singles.append(single)
+    return singles
+
+
+def test_starts_side_by_side_train_exactly_as_separate_models(data):
+    torch.manual_seed(0)
+    population = IFlow(3, 3, 8, num_starts=3)
+    singles = single_starts(population)
+    options = dict(num_steps=25, batch_size=256, learning_rate=1e-2, seed=4, progress=False)
+    fit_svi(population, data.x, data.u, **options)
+    losses = [fit_svi(single, data.x, data.u, **options).losses for single in singles]
+    for k, single in enumerate(singles):
+        for mine, theirs in zip(single.parameters(), population.parameters()):
+            torch.testing.assert_close(theirs[k], mine, atol=2e-5, rtol=2e-5)
+    # the population's loss is the sum of its starts' losses (each a mean over points)
+    population_loss = fit_svi(population, data.x, data.u, **{**options, "num_steps": 1,
+                                                             "batch_size": None,
+                                                             "learning_rate": 1e-12}).losses[0]
+    separate = sum(-s.log_likelihood(data.x, data.u).mean().item() for s in singles)
+    assert population_loss == pytest.approx(separate, rel=1e-4)
+    assert all(len(run) == 25 for run in losses)
+
+
+def test_select_start_keeps_the_best_held_out_start_and_becomes_a_single_model(data):
+    torch.manual_seed(1)
+    population = IFlow(3, 3, 8, num_starts=4)
+    fit_svi(population, data.x, data.u, num_steps=40, batch_size=256, learning_rate=1e-2,
+            progress=False)
+    x, u = data.x[:300], data.u[:300]
+    per_start = population.log_likelihood(x, u).detach()
+    assert per_start.shape == (4, 300)
+    with pytest.raises(RuntimeError, match="select_start"):
+        population.encode(x, u)
+    inverse = population.inverse(x).detach()
+    assert inverse.shape == (4, 300, 3)
+    scores = population.select_start(x, u)
+    torch.testing.assert_close(scores, per_start.mean(-1))
+    keep = int(scores.argmax())
+    assert population.num_starts == 1
+    torch.testing.assert_close(population.log_likelihood(x, u).detach(), per_start[keep])
+    torch.testing.assert_close(population.encode(x, u), inverse[keep])
+    assert population.prior_loc.shape == (8, 3)
+    assert to_inference_data(population, x, u, num_samples=2).posterior["z"].shape[:2] == (1, 2)
+
+
+def test_num_starts_bad_input(data):
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_starts"):
+            IFlow(3, 3, 8, num_starts=bad)
+
+
+def test_fit_and_score_trains_starts_side_by_side_and_keeps_the_held_out_best(data):
+    train, test = data.split(0.8, seed=0)
+    run = fit_and_score("iflow", train, test, num_steps=30, seed=0,
+                        model_options={"num_starts": 3})
+    scores = run.fit.metrics["start_validation_loss"]
+    assert len(scores) == 3 and run.fit.metrics["chosen_start"] == [int(np.argmin(scores))]
+    assert run.model.num_starts == 1 and run.z_est.shape == test.z.shape
+    assert run.summary()["chosen_start"] == run.fit.metrics["chosen_start"]
+    # the held-out 10 % of train that chose the start: its loss is the kept model's
+    _, held_out = train.split(0.9, seed=0)
+    kept = -run.model.log_likelihood(held_out.x, held_out.u).mean().item()
+    assert kept == pytest.approx(min(scores), rel=1e-5)
+    for bad in (dict(restarts=2), dict(init="linear"), dict(validation=test)):
+        with pytest.raises(ValueError, match="num_starts"):
+            fit_and_score("iflow", train, test, num_steps=2, model_options={"num_starts": 2},
+                          **bad)

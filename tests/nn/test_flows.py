@@ -77,3 +77,33 @@ def test_bad_arguments_name_themselves():
         SmoothLeakyReLU(2, smoothness=0.0)
     with pytest.raises(ValueError, match="num_layers"):
         leaky_relu_flow(2, num_layers=0)
+
+
+def test_copies_are_independent_networks_side_by_side():
+    torch.manual_seed(3)
+    population = leaky_relu_flow(4, num_layers=3, smoothness=0.05, copies=3).double()
+    with torch.no_grad():
+        for p in population.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    z = torch.randn(3, 20, 4, dtype=torch.float64)
+    x = generative(population)(z)
+    assert x.shape == (3, 20, 4)
+    h, log_det = z, torch.zeros(3, 20, dtype=torch.float64)
+    for layer in population:
+        y = layer(h)
+        log_det = log_det + layer.log_abs_det_jacobian(h, y)
+        h = y
+    for k in range(3):
+        single = leaky_relu_flow(4, num_layers=3, smoothness=0.05).double()
+        with torch.no_grad():
+            for mine, theirs in zip(single.parameters(), population.parameters()):
+                mine.copy_(theirs[k])
+        torch.testing.assert_close(x[k], generative(single)(z[k]))
+        # each copy's log-det is its own network's (autograd reference), shape (K, N)
+        torch.testing.assert_close(log_det[k].detach(),
+                                   autograd_log_det(generative(single), z[k]))
+    # an input without the copies dimension is shared by all copies
+    x_shared = generative(population)(z[0])
+    torch.testing.assert_close(x_shared[2], generative(population)(z[0].expand(3, 20, 4))[2])
+    with pytest.raises(ValueError, match="copies"):
+        leaky_relu_flow(4, copies=0)
