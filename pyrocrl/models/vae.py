@@ -192,7 +192,9 @@ class DomainGaussianPrior:
                                 int(u.unique().numel()), self.sufficient_statistics)
 
     def prior(self, u, x=None) -> dist.TorchDistribution:
-        """``p(z | u)``: batch shape ``u.shape``, event shape ``(n,)``."""
+        """``p(z | u)``: batch shape ``u.shape`` (``(K, *u.shape)`` for parameters with a
+        leading dimension of K starts, :class:`IFlow`'s ``num_starts``), event shape
+        ``(n,)``."""
         return dist.Normal(self.prior_loc[..., u, :], self.prior_scale[..., u, :]).to_event(1)
 
     def conditional_log_prob(self, z, u, context=None):
@@ -285,8 +287,9 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
     fraction of the cost of K separate fits, since a CPU step on B1-sized tensors is mostly
     overhead (measured, one thread, batch 1024, n = 5: 3.3 ms per step for one start, 11.5 ms
     for 16, 37 ms for 64; 21.6 ms for 64 on two threads); :meth:`select_start` then keeps the
-    start with the highest likelihood on held-out data. ``fit_and_score("iflow", ..., restarts=K)`` does both.
-    (:func:`pyrocrl.inference.fit_restarts` restarts any model one after another.)
+    start with the highest likelihood on held-out data.
+    ``fit_and_score("iflow", ..., model_options={"num_starts": K})`` does both
+    (:func:`pyrocrl.inference.fit_restarts` restarts any model one after another).
     On B1 (5 sources, 40 domains, 3-layer mixing) 64 starts of 20 000 steps side by side
     reach a held-out MCC of 1.000 on each of data seeds 0-4 in 427-489 s per fit on 2 CPU
     cores, the kept start within 0.03 nats of the truth's likelihood, where IVAE reaches
@@ -349,7 +352,7 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
         with contextlib.ExitStack() as plates:
             if self.num_starts > 1:
                 plates.enter_context(pyro.plate("starts", self.num_starts, dim=-2,
-                                                      device=x.device))
+                                                device=x.device))
             plates.enter_context(self.data_plate(x.shape[0], num_data, x.device))
             pyro.sample("x", self.distribution(u), obs=x)
 

@@ -44,7 +44,7 @@ class InvertibleLinear(TransformModule):
 
     def __init__(self, dim: int, copies: int | None = None):
         super().__init__(cache_size=0)
-        batch = _batch_shape(copies)
+        batch = _batch_shape(copies, "InvertibleLinear")
         q, r = torch.linalg.qr(torch.randn(*batch, dim, dim))
         weight = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
         self.weight = nn.Parameter(weight)  # A: (*batch, dim, dim)
@@ -108,11 +108,12 @@ class SmoothLeakyReLU(TransformModule):
         if not smoothness > 0:
             raise ValueError(f"SmoothLeakyReLU: smoothness must be positive, got {smoothness}")
         self.dim, self.negative_slope = dim, negative_slope
-        self.log_smoothness = nn.Parameter(torch.full(_batch_shape(copies), math.log(smoothness)))
+        self.log_smoothness = nn.Parameter(torch.full(_batch_shape(copies, "SmoothLeakyReLU"),
+                                                      math.log(smoothness)))
 
     @property
     def smoothness(self) -> torch.Tensor:
-        """:math:`\tau`: a scalar, or ``(K, 1, 1)`` with copies (broadcasts over points)."""
+        r""":math:`\tau`: a scalar, or ``(K, 1, 1)`` with copies (broadcasts over points)."""
         tau = self.log_smoothness.exp()
         return tau if tau.dim() == 0 else tau[:, None, None]
 
@@ -137,11 +138,11 @@ class SmoothLeakyReLU(TransformModule):
         return -self._log_rho_prime(y).sum(-1)
 
 
-def _batch_shape(copies: int | None) -> tuple[int, ...]:
+def _batch_shape(copies: int | None, owner: str) -> tuple[int, ...]:
     if copies is None:
         return ()
     if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
-        raise ValueError(f"copies must be a positive int or None, got {copies!r}")
+        raise ValueError(f"{owner}: copies must be a positive int or None, got {copies!r}")
     return (copies,)
 
 
