@@ -13,7 +13,7 @@
 # 0.740 with the recommended recipe, `covariance="full"` plus
 # `inference.initialize_linear`, see `benchmarks/results/ivae.json`; 0.775 when that recipe
 # trains on the importance-weighted bound, `elbo="iwae"`; the exact-likelihood `IFlow` of the
-# last section, 64 starts side by side, reaches 1.000 on each of B1's five seeds). Here both
+# last section, 64 starts side by side, reaches 1.000 on each of B1's seeds 0-4). Here both
 # models start at random, so the comparison isolates what the prior does.
 #
 # * The **VAE** has prior $p(z) = \mathcal N(0, I)$. Rotating its latent space,
@@ -147,6 +147,6 @@ for name, run in deep_runs.items():
 # The start with the best held-out likelihood is kept. Most starts stop on plateaus well
 # above the truth's likelihood; the few that do not find the sources. On B1's larger problem
 # (5 sources, 40 domains) 64 starts of 20 000 steps side by side reach a held-out MCC of
-# 1.000 on each of five data seeds in 7-8 minutes per fit on 2 CPU cores, the kept start
-# within 0.03 nats of the truth's likelihood, against the IVAE's 0.740 (README, B1); on one
-# seed a single start of the 64 got there.
+# 1.000 on six of seven data seeds and 0.974 on the seventh, in 7-8 minutes per fit on 2
+# CPU cores, against the IVAE's 0.740 (README, B1); on one seed a single start of the 64
+# reached the truth's likelihood, on another none did.
