@@ -39,12 +39,17 @@ __all__ = ["STATE_SPACE_MATRICES", "LinearSEM", "SpikeAndSlabLasso", "Transition
 
 
 class LinearSEM(TorchDistribution):
-    """Gaussian linear SEM over ``n`` variables (see the module docstring).
+    r"""Gaussian linear SEM over ``n`` variables (see the module docstring).
 
     Args:
         weights: ``(..., n, n)``, ``weights[..., i, j]`` the effect of ``z_i`` on ``z_j``.
         bias: ``(..., n)`` intercepts :math:`b`.
         scale: ``(..., n)`` positive noise scales :math:`s`.
+        log_abs_det: optional, :math:`\log|\det(I - W)|` of each batch element when the caller
+            has it cheaper than one determinant per element — e.g. a model with one ``W`` per
+            environment gathers ``E`` determinants for a batch of points from ``E``
+            environments (``log_abs_det[..., i] = logdet_env[u[i]]``) instead of computing
+            ``N``. It must match ``weights`` (not checked); ``None`` computes it.
     """
 
     arg_constraints = {"bias": constraints.real_vector, "scale": constraints.independent(
@@ -53,7 +58,7 @@ class LinearSEM(TorchDistribution):
     has_rsample = True
 
     def __init__(self, weights: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor,
-                 validate_args=None):
+                 validate_args=None, log_abs_det: torch.Tensor | None = None):
         if weights.dim() < 2 or weights.shape[-1] != weights.shape[-2]:
             raise ValueError(f"LinearSEM: weights must have shape (..., n, n), got "
                              f"{tuple(weights.shape)}")
@@ -66,6 +71,7 @@ class LinearSEM(TorchDistribution):
         self.weights = weights.expand(batch_shape + (n, n))
         self.bias = bias.expand(batch_shape + (n,))
         self.scale = scale.expand(batch_shape + (n,))
+        self.log_abs_det = None if log_abs_det is None else log_abs_det.expand(batch_shape)
         super().__init__(batch_shape, torch.Size([n]), validate_args=validate_args)
 
     def _identity_minus_weights(self) -> torch.Tensor:
@@ -90,7 +96,9 @@ class LinearSEM(TorchDistribution):
         r = self.residuals(value) / self.scale
         log_normal = -0.5 * r.pow(2) - self.scale.log() - 0.5 * torch.log(
             torch.tensor(2 * torch.pi, dtype=r.dtype, device=r.device))
-        logdet = torch.linalg.slogdet(self._identity_minus_weights()).logabsdet
+        logdet = self.log_abs_det
+        if logdet is None:
+            logdet = torch.linalg.slogdet(self._identity_minus_weights()).logabsdet
         return log_normal.sum(-1) + logdet
 
     @property
@@ -108,7 +116,9 @@ class LinearSEM(TorchDistribution):
         n = self.event_shape[0]
         return LinearSEM(self.weights.expand(batch_shape + (n, n)),
                          self.bias.expand(batch_shape + (n,)),
-                         self.scale.expand(batch_shape + (n,)), validate_args=False)
+                         self.scale.expand(batch_shape + (n,)), validate_args=False,
+                         log_abs_det=(None if self.log_abs_det is None
+                                      else self.log_abs_det.expand(batch_shape)))
 
 
 class SpikeAndSlabLasso(dist.TorchDistribution):

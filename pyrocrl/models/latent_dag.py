@@ -571,7 +571,10 @@ class LatentCausalVAE(ConditionalVAE):
 
     def prior(self, u, x):
         weights, bias, scale = self.env_parameters()
-        return LinearSEM(weights[u], bias[u], scale[u])
+        # one determinant per environment, gathered per point (not one per point)
+        eye = torch.eye(self.latent_dim, dtype=weights.dtype, device=weights.device)
+        log_abs_det = torch.linalg.slogdet(eye - weights).logabsdet
+        return LinearSEM(weights[u], bias[u], scale[u], log_abs_det=log_abs_det[u])
 
     def acyclicity_penalty(self) -> torch.Tensor:
         """NOTEARS :math:`h(W) = \\operatorname{tr} e^{W \\circ W} - n` (0 iff DAG)."""
