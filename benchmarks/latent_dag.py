@@ -18,6 +18,9 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         #    environment classifier (initialize_contrastive, 10 000 steps, the best-agreeing
         #    of 5 restarts), then 5000 ELBO steps and no disentangle rounds (they lowered MCC
         #    from this start on seed 0)
+    python benchmarks/latent_dag.py --init contrastive --init-restarts 16 --mixings 3
+        # -> results/latent_dag_contrastive_restarts16_mixing3.json: 16 classifier restarts
+        #    side by side instead of 5
     python benchmarks/latent_dag.py --init contrastive --init-sparsity 0.003 --mixings 3
         # -> results/latent_dag_contrastive_l1_0.003_mixing3.json: the same with an L1
         #    penalty on the SEM's weights during the classification, 3-layer mixing only
@@ -105,6 +108,8 @@ def main(argv=None):
     parser.add_argument("--init-sparsity", type=float, default=0.0,
                         help="--init contrastive: L1 weight on the SEM's weights during the "
                              "classification (per point)")
+    parser.add_argument("--init-restarts", type=int, default=None,
+                        help="--init contrastive: classifier restarts side by side (default 5)")
     parser.add_argument("--mixings", type=int, nargs="+", default=None,
                         help="mixing depths to run (default: the size's, 1 and 3)")
     args = parser.parse_args(argv)
@@ -116,8 +121,10 @@ def main(argv=None):
         recipe = dict(CONTRASTIVE_QUICK if args.quick else CONTRASTIVE)
         if args.init_sparsity:
             recipe["init_sparsity"] = args.init_sparsity
-    elif args.init_sparsity:
-        parser.error("--init-sparsity needs --init contrastive")
+        if args.init_restarts:
+            recipe["init_restarts"] = args.init_restarts
+    elif args.init_sparsity or args.init_restarts:
+        parser.error("--init-sparsity and --init-restarts need --init contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -140,6 +147,8 @@ def main(argv=None):
     name = "latent_dag" if args.init == "random" else f"latent_dag_{args.init}"
     if args.init_sparsity:
         name += f"_l1_{args.init_sparsity:g}"
+    if args.init_restarts:
+        name += f"_restarts{args.init_restarts}"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     path = write(name + ("_quick" if args.quick else ""), {

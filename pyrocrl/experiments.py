@@ -106,13 +106,15 @@ def _check_init(init, caller: str) -> None:
 
 def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batch_size: int,
                 restarts: int = 1, sparsity: float = 0.0):
-    """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time."""
+    """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time;
+    returns the initializer's :class:`~pyrocrl.inference.FitResult` (``None`` for random)."""
     if init == "linear":
-        initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
-                          batch_size=batch_size)
-    elif init == "contrastive":
-        initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed, device=device,
-                               restarts=restarts, sparsity=sparsity)
+        return initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
+                                 batch_size=batch_size)
+    if init == "contrastive":
+        return initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed,
+                                      device=device, restarts=restarts, sparsity=sparsity)
+    return None
 
 
 def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed: int = 0,
@@ -331,7 +333,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     classifier of :func:`~pyrocrl.inference.initialize_contrastive` (``init_steps``
     classification steps, best of ``init_restarts`` by agreement, an L1 penalty
     ``init_sparsity`` on the SEM's weights), and that start is scored too (stage
-    ``"contrastive"``).
+    ``"contrastive"``, with each restart's agreement and final cross-entropy and the kept
+    restart).
     """
     _check_init(init, "fit_latent_causal")
     n, num_envs = train.z.shape[1], int(train.info["num_envs"])
@@ -340,8 +343,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                                    targets=train.info["targets"], **model_options)
     options = dict(device=device, progress=progress, **LATENT_DAG_FIT)
     t0 = time.perf_counter()
-    _initialize(model, init, train.x, train.u, init_steps, seed, device, options["batch_size"],
-                init_restarts, init_sparsity)
+    start = _initialize(model, init, train.x, train.u, init_steps, seed, device,
+                        options["batch_size"], init_restarts, init_sparsity)
     stages = {}
 
     def score(stage):
@@ -358,6 +361,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
 
     if init == "contrastive":
         score("contrastive")
+        stages["contrastive"].update({key: start.metrics[key] for key in (
+            "restart_agreement", "restart_loss", "chosen_restart")})
     fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)
     score("elbo")
     for r in range(1, rounds + 1):
