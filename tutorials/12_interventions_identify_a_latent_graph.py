@@ -92,5 +92,5 @@ fig.savefig("tutorials/figures/12_latent_graph.png", dpi=120)
 # Jacobian is the same in every environment and cancels, so the objective needs neither a
 # decoder nor a log-determinant. With `init_restarts=5` (the restart whose features agree
 # best with the others' is kept) it recovers the latents through the 3-layer mixing of B7
-# (MCC 0.893 ± 0.028 over 5 seeds, against 0.647 from a random start) but not yet the graph
+# (MCC 0.897 ± 0.022 over 5 seeds, against 0.647 from a random start) but not yet the graph
 # (median SHD 5): see the README's B7 table.
