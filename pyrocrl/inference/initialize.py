@@ -283,8 +283,7 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     the prior's (B7 through a 3-layer mixing, then 5000 ELBO steps: MCC 0.897 with
     ``restarts=5``, 0.784 with one, 0.647 from a random start; ``sparsity=0.003`` with 5
     restarts: 0.895 against 0.893 without at that commit, and median SHD 4 instead of 5,
-    within seed noise; README). Uses only
-    ``(x, u)``, no ground truth.
+    within seed noise; README). Uses only ``(x, u)``, no ground truth.
 
     The classification loss is nearly flat across its local optima: on B7's data, held-out
     cross-entropies of 1.034 and 1.041 nats came with MCC by target 0.52 and 0.88. With
@@ -312,8 +311,8 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     classification's :class:`FitResult` (``losses``: cross-entropy in nats per point;
     ``metrics["accuracy"]``) of the kept restart, with the regression's final mean-squared error
     in ``metrics["regression_mse"]``, each restart's agreement in
-    ``metrics["restart_agreement"]``, each restart's mean cross-entropy over the last
-    ``log_every`` (100) steps in ``metrics["restart_loss"]`` and the kept one in
+    ``metrics["restart_agreement"]``, each restart's mean cross-entropy over the last logging
+    window (100 steps) in ``metrics["restart_loss"]`` and the kept one in
     ``metrics["chosen_restart"]``. A non-finite loss in any restart stops them all (the model
     keeps its state from before the call).
     """

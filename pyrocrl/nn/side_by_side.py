@@ -25,15 +25,15 @@ class SideBySide(nn.Module):
 
     ``forward(*args)`` returns what each copy's ``forward(*args)`` returns, stacked along a new
     leading dimension of size K (the arguments are shared); :meth:`each` gives copy ``k`` its
-    own arguments ``a[k]``. Pyro's distribution
-    argument validation is switched off inside, as its checks are data-dependent branches that
-    ``vmap`` cannot trace. :meth:`copy_state` returns one copy's state dict, to load it back
-    into a module of the original architecture.
+    own arguments ``a[k]``. With K > 1, Pyro's distribution argument validation is off while
+    the copies run, as its checks are data-dependent branches that ``vmap`` cannot trace.
+    :meth:`copy_state` returns one copy's state dict, to load it back into a module of the
+    original architecture.
 
     Args:
         modules: the K modules (at least one), with the same parameter and buffer names
             and shapes; their current values are copied (later changes to them do not reach
-            this module).
+            this module, and a submodule the K modules share gets K independent copies).
     """
 
     def __init__(self, modules: Sequence[nn.Module]):
@@ -80,7 +80,8 @@ class SideBySide(nn.Module):
 
     def _run(self, args, split: bool):
         if self.num_copies == 1:
-            return _unsqueeze(self.single(*(a[0] for a in args) if split else args))
+            inputs = [a[0] for a in args] if split else args
+            return _unsqueeze(self.single(*inputs))
         template = self._template[0]
         template.to(next(iter(self.stacked)).device)
 
