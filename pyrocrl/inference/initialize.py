@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.diagnostics import mcc
 from pyrocrl.inference._loop import check_training_args, train_minibatch
 from pyrocrl.inference.svi import FitResult, _Batches
@@ -321,9 +322,7 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     check_training_args("initialize_contrastive", num_steps, batch_size, learning_rate)
     if hasattr(model, "check_data"):
         model.check_data(x, u)
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-        raise ValueError(f"initialize_contrastive: restarts must be a positive int, got "
-                         f"{restarts!r}")
+    check_positive_int("initialize_contrastive", "restarts", restarts)
     if not sparsity >= 0:
         raise ValueError(f"initialize_contrastive: sparsity must be >= 0, got {sparsity!r}")
     if sparsity:
@@ -338,15 +337,17 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
         classifiers.append(_EnvironmentClassifier(model, x, int(model.num_domains),
                                                   hidden_dim, num_layers, acyclicity, sparsity))
     # every restart starts at the model's current prior; all train side by side, restart r on
-    # the minibatches a run alone with seed + r would draw
+    # the minibatches a run alone with seed + r would draw (restart 0's are the loop's own)
     population = SideBySide(classifiers)
-    batches = [_Batches(len(x), min(batch_size, len(x)), seed + r) for r in range(restarts)]
+    others = [_Batches(len(x), min(batch_size, len(x)), seed + r) for r in range(1, restarts)]
     per_restart: list[tuple[np.ndarray, np.ndarray]] = []  # each step's (K,) CE, accuracy
 
     def loss_fn(batch, step):
-        index = [b.at(step) for b in batches]  # restart 0's is `batch`, which goes unused
-        xb = torch.stack([x if i is None else x[i] for i in index]).to(batch[0].device)
-        ub = torch.stack([u if i is None else u[i] for i in index]).to(batch[0].device).long()
+        index = [b.at(step) for b in others]
+        device = batch[0].device
+        xb, ub = (torch.stack([first, *((t if i is None else t[i]).to(device) for i in index)])
+                  for first, t in zip(batch, (x, u)))
+        ub = ub.long()
         _, logits, penalty = population.each(xb)  # (K, B, E), (K,)
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ub.flatten(),
                                                reduction="none").reshape(ub.shape).mean(-1)
@@ -354,7 +355,7 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
         per_restart.append((ce.detach().cpu().numpy(), accuracy.cpu().numpy()))
         return (ce + penalty).sum(), {}
 
-    result = train_minibatch(population, loss_fn, [x], caller="initialize_contrastive",
+    result = train_minibatch(population, loss_fn, [x, u], caller="initialize_contrastive",
                              num_steps=num_steps, batch_size=batch_size,
                              learning_rate=learning_rate, seed=seed, device=device,
                              progress=progress)
