@@ -11,6 +11,7 @@ import pyro
 import torch
 
 from pyrocrl import diagnostics, models
+from pyrocrl._checks import check_positive_int
 from pyrocrl.inference import (
     FitResult,
     fit_restarts,
@@ -141,8 +142,7 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     model on 90 % of ``train`` and keeps the one with the best likelihood on the other 10 %
     (:meth:`~pyrocrl.models.IFlow.select_start`; ``init`` must be ``"random"``)."""
     _check_init(init, "fit_and_score")
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-        raise ValueError(f"fit_and_score: restarts must be a positive int, got {restarts!r}")
+    check_positive_int("fit_and_score", "restarts", restarts)
     pyro.set_rng_seed(seed)
     defaults = (TEMPORAL_FIT if name in SEQUENCE_MODELS else
                 IFLOW_FIT if name == "iflow" else IID_FIT)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.diagnostics.identifiability import Score
 
 __all__ = [
@@ -84,9 +85,7 @@ def _context(context, z: torch.Tensor) -> torch.Tensor | None:
 
 
 def _chunk_size(chunk_size) -> int:
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return chunk_size
+    return check_positive_int("", "chunk_size", chunk_size)
 
 
 def _log_prob_fn(density) -> Callable:
@@ -208,8 +207,7 @@ def lagged_points(z, lag: int = 1):
     every :math:`t \ge \text{lag}` of every sequence: the arguments
     :func:`sufficient_variability` takes for :math:`p(z_t \mid z_{t-L:t-1}, u)`.
     """
-    if not isinstance(lag, int) or isinstance(lag, bool) or lag < 1:
-        raise ValueError(f"lag must be a positive int, got {lag!r}")
+    check_positive_int("", "lag", lag)
     dtype = z.dtype if isinstance(z, torch.Tensor) and z.is_floating_point() else torch.float32
     z = _tensor("z", z, dtype)
     if z.ndim != 3 or z.shape[1] <= lag:

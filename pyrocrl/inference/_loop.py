@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.inference.svi import FitResult, NonFiniteLossError, _Batches, resolve_device
 
 LossFn = Callable[[Sequence[torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
@@ -22,8 +23,7 @@ LossFn = Callable[[Sequence[torch.Tensor], int], tuple[torch.Tensor, dict[str, f
 def check_training_args(caller: str, num_steps, batch_size, learning_rate) -> None:
     """Raise a ``ValueError`` naming ``caller`` and the argument when one is unusable."""
     for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{caller}: {name} must be a positive int, got {value!r}")
+        check_positive_int(caller, name, value)
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
         raise ValueError(f"{caller}: learning_rate must be a positive number, got "
                          f"{learning_rate!r}")

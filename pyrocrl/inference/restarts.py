@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.inference.svi import FitResult, fit_svi
 
 
@@ -30,8 +31,7 @@ def fit_restarts(build_model: Callable[[], object], *data, validation, restarts:
     (``metrics["restart_validation_loss"]``) and the chosen index
     (``metrics["chosen_restart"]``), and whose ``time_s`` is the time of all restarts.
     """
-    if not isinstance(restarts, int) or isinstance(restarts, bool) or restarts < 1:
-        raise ValueError(f"fit_restarts: restarts must be a positive int, got {restarts!r}")
+    check_positive_int("fit_restarts", "restarts", restarts)
     if validation is None:
         raise ValueError("fit_restarts: validation data are required (the restarts are ranked "
                          "by held-out loss)")

@@ -23,6 +23,7 @@ from pyro.poutine.messenger import Messenger
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.inference.importance import log_weights, plate_structure
 
 __all__ = ["FitResult", "NonFiniteLossError", "fit_svi", "resolve_device"]
@@ -99,8 +100,7 @@ _STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")  # see distribute
 def _check_positive_int(name, value, allow_none=False):
     if allow_none and value is None:
         return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"fit_svi: {name} must be a positive int, got {value!r}")
+    check_positive_int("fit_svi", name, value)
 
 
 def _check_data(model, data: Sequence, what: str, training: bool = False) -> int:

@@ -8,6 +8,8 @@ import pyro
 import torch
 from pyro.nn import PyroModule
 
+from pyrocrl._checks import check_positive_int
+
 
 class IdentifiabilityWarning(UserWarning):
     """The data or model violates a condition that identifiability theory needs."""
@@ -35,9 +37,7 @@ class LatentVariableModel(PyroModule):
     def __init__(self, obs_dim: int, latent_dim: int):
         super().__init__()
         for name, value in [("obs_dim", obs_dim), ("latent_dim", latent_dim)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, "
-                                 f"got {value!r}")
+            check_positive_int(type(self).__name__, name, value)
         self.obs_dim = obs_dim
         self.latent_dim = latent_dim
 

@@ -32,6 +32,7 @@ from pyro.infer import TraceEnum_ELBO
 from torch import nn
 from torch.nn import functional as F
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.models.base import LatentVariableModel
 
 __all__ = ["DiscreteConceptModel", "NextTokenPredictor", "random_mask"]
@@ -218,9 +219,7 @@ class NextTokenPredictor(nn.Module):
         super().__init__()
         for name, value in (("num_observed", num_observed), ("hidden", hidden),
                             ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"NextTokenPredictor: {name} must be a positive int, "
-                                 f"got {value!r}")
+            check_positive_int("NextTokenPredictor", name, value)
         if num_observed < 2:
             raise ValueError("NextTokenPredictor: num_observed must be >= 2 (one is masked)")
         self.num_observed = num_observed

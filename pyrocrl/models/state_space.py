@@ -25,6 +25,7 @@ from pyro.nn import PyroParam
 from torch import nn
 from torch.nn import functional as F
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.distributions import (
     STATE_SPACE_MATRICES,
     TransitionPrior,
@@ -330,9 +331,8 @@ class LinearGaussianSSM(SequenceModel):
         states carry the smoother's cross-covariance; :func:`~pyrocrl.inference.to_inference_data`
         uses them as the posterior group. Differentiable in the parameters."""
         self.check_data(x, u)
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"{type(self).__name__}.sample_posterior: num_samples must be a "
-                             f"positive int, got {num_samples!r}")
+        check_positive_int(f"{type(self).__name__}.sample_posterior", "num_samples",
+                           num_samples)
         hmm = self.distribution(x.shape[1], x.dtype, x.device)
         return hmm.rsample_posterior(x, torch.Size([num_samples]))
 
@@ -453,8 +453,7 @@ class DeepMarkovModel(SequenceModel):
         name = type(self).__name__
         for arg, value in [("transition_dim", transition_dim), ("rnn_dim", rnn_dim),
                            ("emission_dim", emission_dim)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {arg} must be a positive int, got {value!r}")
+            check_positive_int(name, arg, value)
         if not isinstance(annealing_steps, int) or annealing_steps < 0:
             raise ValueError(f"{name}: annealing_steps must be an int >= 0, "
                              f"got {annealing_steps!r}")
@@ -581,8 +580,7 @@ class TemporalVAE(SequenceModel):
                  bidirectional: bool = True, init_obs_scale: float = 0.1):
         super().__init__(obs_dim, latent_dim)
         for name, value in [("lag", lag), ("num_domains", num_domains)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TemporalVAE: {name} must be a positive int, got {value!r}")
+            check_positive_int("TemporalVAE", name, value)
         if not init_obs_scale > 0:
             raise ValueError(f"TemporalVAE: init_obs_scale must be positive, "
                              f"got {init_obs_scale}")

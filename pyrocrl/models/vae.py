@@ -12,6 +12,7 @@ from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch.nn import functional as F
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.models.base import LatentVariableModel, warn_if_too_few_domains
 from pyrocrl.nn import mlp
 from pyrocrl.nn.flows import leaky_relu_flow
@@ -150,9 +151,7 @@ class ConditionalVAE(_GaussianVAE):
 
     def __init__(self, obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
                  init_obs_scale, init_posterior_scale, covariance="diagonal"):
-        if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
-            raise ValueError(f"{type(self).__name__}: num_domains must be a positive int, "
-                             f"got {num_domains!r}")
+        check_positive_int(type(self).__name__, "num_domains", num_domains)
         super().__init__(obs_dim, latent_dim, num_domains, hidden_dim, num_layers,
                          init_obs_scale, init_posterior_scale, covariance)
         self.num_domains = num_domains
@@ -329,10 +328,8 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
             raise ValueError(f"IFlow: obs_dim must equal latent_dim (an invertible map), got "
                              f"obs_dim={obs_dim}, latent_dim={latent_dim}; for obs_dim > "
                              f"latent_dim use IVAE")
-        if not isinstance(num_domains, int) or isinstance(num_domains, bool) or num_domains < 1:
-            raise ValueError(f"IFlow: num_domains must be a positive int, got {num_domains!r}")
-        if not isinstance(num_starts, int) or isinstance(num_starts, bool) or num_starts < 1:
-            raise ValueError(f"IFlow: num_starts must be a positive int, got {num_starts!r}")
+        check_positive_int("IFlow", "num_domains", num_domains)
+        check_positive_int("IFlow", "num_starts", num_starts)
         self.num_domains, self.num_starts = num_domains, num_starts
         copies = None if num_starts == 1 else num_starts
         self.layers = leaky_relu_flow(latent_dim, num_layers, negative_slope, smoothness, copies)
@@ -405,9 +402,7 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
         uses as the posterior group."""
         self.check_data(x, u)
         self._single_start("sample_posterior")
-        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            raise ValueError(f"IFlow.sample_posterior: num_samples must be a positive int, "
-                             f"got {num_samples!r}")
+        check_positive_int("IFlow.sample_posterior", "num_samples", num_samples)
         return self.inverse(x).expand(num_samples, *x.shape[:1], self.latent_dim)
 
     def log_likelihood(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:

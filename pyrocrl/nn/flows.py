@@ -24,6 +24,8 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import nn
 from torch.nn import functional as F
 
+from pyrocrl._checks import check_positive_int
+
 
 class InvertibleLinear(TransformModule):
     r"""An invertible affine layer, parametrized by its inverse:
@@ -141,9 +143,7 @@ class SmoothLeakyReLU(TransformModule):
 def _batch_shape(copies: int | None, owner: str) -> tuple[int, ...]:
     if copies is None:
         return ()
-    if not isinstance(copies, int) or isinstance(copies, bool) or copies < 1:
-        raise ValueError(f"{owner}: copies must be a positive int or None, got {copies!r}")
-    return (copies,)
+    return (int(check_positive_int(owner, "copies", copies)),)
 
 
 def leaky_relu_flow(dim: int, num_layers: int = 3, negative_slope: float = 0.2,
@@ -157,9 +157,7 @@ def leaky_relu_flow(dim: int, num_layers: int = 3, negative_slope: float = 0.2,
     linear layers). ``num_layers=1`` is an invertible affine map. The same function class as
     :class:`pyrocrl.simulate.LeakyReLUMLPMixing` with ``obs_dim == latent_dim`` (plus biases and a
     small smoothing). ``copies=K``: K independent networks side by side (module docstring)."""
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
-        raise ValueError(f"leaky_relu_flow: num_layers must be a positive int, got "
-                         f"{num_layers!r}")
+    check_positive_int("leaky_relu_flow", "num_layers", num_layers)
     layers: list[nn.Module] = []
     for i in range(num_layers):
         layers.append(InvertibleLinear(dim, copies))

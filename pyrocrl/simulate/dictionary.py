@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.simulate._random import seeded
 from pyrocrl.simulate.dataset import Dataset
 
@@ -13,9 +14,7 @@ __all__ = ["sparse_dictionary"]
 
 
 def _positive_int(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"sparse_dictionary: {name} must be a positive int, got {value!r}")
-    return int(value)
+    return int(check_positive_int("sparse_dictionary", name, value))
 
 
 def sparse_dictionary(

@@ -41,6 +41,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from pyrocrl._checks import check_positive_int
 from pyrocrl.distributions import LinearSEM
 from pyrocrl.simulate._random import seeded
 from pyrocrl.simulate.dataset import Dataset
@@ -191,8 +192,7 @@ def latent_dag(num_latents: int = 5, graph="er", expected_degree: float = 1.0,
     """
     for name, value in (("num_latents", num_latents), ("samples_per_env", samples_per_env),
                         ("obs_dim", obs_dim)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"latent_dag: {name} must be a positive int, got {value!r}")
+        check_positive_int("latent_dag", name, value)
     if obs_dim < num_latents:
         raise ValueError(f"latent_dag: obs_dim={obs_dim} must be >= num_latents={num_latents}")
     if sem not in ("linear", "nonlinear"):
