@@ -21,6 +21,10 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
     python benchmarks/latent_dag.py --init contrastive --init-restarts 16 --mixings 3
         # -> results/latent_dag_contrastive_restarts16_mixing3.json: 16 classifier restarts
         #    side by side instead of 5
+    python benchmarks/latent_dag.py --init contrastive --init-select validation --mixings 3
+        # -> results/latent_dag_contrastive_validation_mixing3.json: the classifier trains on
+        #    90 % of the training split and the restart with the lowest cross-entropy on the
+        #    other 10 % is kept instead of the best-agreeing one
     python benchmarks/latent_dag.py --init contrastive --init-sparsity 0.003 --mixings 3
         # -> results/latent_dag_contrastive_l1_0.003_mixing3.json: the same with an L1
         #    penalty on the SEM's weights during the classification, 3-layer mixing only
@@ -110,6 +114,10 @@ def main(argv=None):
                              "classification (per point)")
     parser.add_argument("--init-restarts", type=int, default=None,
                         help="--init contrastive: classifier restarts side by side (default 5)")
+    parser.add_argument("--init-select", choices=["agreement", "validation"], default=None,
+                        help="--init contrastive: keep the restart that agrees best with the "
+                             "others (default) or the one with the lowest cross-entropy on 10 %% "
+                             "of the training split held out from the classifier")
     parser.add_argument("--mixings", type=int, nargs="+", default=None,
                         help="mixing depths to run (default: the size's, 1 and 3)")
     args = parser.parse_args(argv)
@@ -123,8 +131,11 @@ def main(argv=None):
             recipe["init_sparsity"] = args.init_sparsity
         if args.init_restarts:
             recipe["init_restarts"] = args.init_restarts
-    elif args.init_sparsity or args.init_restarts:
-        parser.error("--init-sparsity and --init-restarts need --init contrastive")
+        if args.init_select:
+            recipe["init_select"] = args.init_select
+    elif args.init_sparsity or args.init_restarts or args.init_select:
+        parser.error("--init-sparsity, --init-restarts and --init-select need --init "
+                     "contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -149,6 +160,8 @@ def main(argv=None):
         name += f"_l1_{args.init_sparsity:g}"
     if args.init_restarts:
         name += f"_restarts{args.init_restarts}"
+    if args.init_select:
+        name += f"_{args.init_select}"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     path = write(name + ("_quick" if args.quick else ""), {

@@ -8,8 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in ROOT.glob("*.py") if not p.stem.startswith("_"))
-COVERED = ["concepts", "factor_analysis", "ivae", "ivae_optimum", "kalman", "latent_dag", "margin",
-           "overhead", "sae", "temporal", "temporal_optimum", "throughput"]
+COVERED = ["concepts", "contrastive_optimum", "factor_analysis", "ivae", "ivae_optimum", "kalman",
+           "latent_dag", "margin", "overhead", "sae", "temporal", "temporal_optimum", "throughput"]
 
 
 def test_every_benchmark_is_covered():
@@ -44,6 +44,12 @@ def test_latent_dag_sparsity_and_mixings_name_their_file(tmp_path):
         (tmp_path / "latent_dag_contrastive_l1_0.003_mixing1_quick.json").read_text())
     assert result["setting"]["init_sparsity"] == 0.003 and result["setting"]["mixings"] == [1]
     assert "median_shd_contrastive_only" in result["B7"]["1_layer"]
+    load("latent_dag").main(["--quick", "--init", "contrastive", "--init-select", "validation",
+                             "--mixings", "1", "--out", str(tmp_path)])
+    result = json.loads(
+        (tmp_path / "latent_dag_contrastive_validation_mixing1_quick.json").read_text())
+    assert result["setting"]["init_select"] == "validation"
+    assert "restart_validation_loss" in result["runs"][0]["stages"]["contrastive"]
     with pytest.raises(SystemExit):  # the L1 term belongs to the contrastive start
         load("latent_dag").main(["--quick", "--init-sparsity", "0.1", "--out", str(tmp_path)])
 

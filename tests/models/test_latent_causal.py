@@ -149,6 +149,15 @@ def test_fit_latent_causal_linear_and_contrastive_starts_run_and_check_init():
                             init_steps=50)
     assert list(row["stages"]) == ["contrastive", "elbo"]
     assert row["mcc"] == row["stages"]["elbo"]["mcc"]  # no rounds: the ELBO stage is final
+    # restarts ranked on held-out cross-entropy: the scores and the kept one are recorded
+    row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=0, init="contrastive",
+                            init_steps=30, init_restarts=2, init_select="validation")
+    start = row["stages"]["contrastive"]
+    scores = start["restart_validation_loss"]
+    assert len(scores) == 2 and start["chosen_restart"] == [int(np.argmin(scores))]
     with pytest.raises(ValueError, match=r"fit_latent_causal: init must be one of \('random', "
                                          r"'linear', 'contrastive'\), got 'oracle'"):
         fit_latent_causal(train, test, num_steps=5, init="oracle")
+    with pytest.raises(ValueError, match="init_select must be 'agreement' or 'validation', "
+                                         "got 'loss'"):
+        fit_latent_causal(train, test, num_steps=5, init="contrastive", init_select="loss")
