@@ -119,7 +119,8 @@ def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batc
         validation = None
         if restarts > 1 and select == "validation":
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-            fit_part, held_out = perm[len(x) // 10:], perm[:len(x) // 10]
+            cut = max(1, len(x) // 10)
+            fit_part, held_out = perm[cut:], perm[:cut]
             x, u, validation = x[fit_part], u[fit_part], (x[held_out], u[held_out])
         return initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed,
                                       device=device, restarts=restarts, sparsity=sparsity,

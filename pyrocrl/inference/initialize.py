@@ -350,9 +350,11 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
         _require(model, ("adjacency",), "initialize_contrastive",
                  "a weighted adjacency for sparsity > 0")
     if validation is not None:
-        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+        if (not isinstance(validation, (tuple, list)) or len(validation) != 2
+                or not isinstance(validation[0], torch.Tensor) or len(validation[0]) == 0):
             raise ValueError("initialize_contrastive: validation must be a pair (x, u) of "
-                             "held-out data, not part of x")
+                             "held-out data, not part of x, with at least one row; got "
+                             f"{type(validation).__name__}")
         if hasattr(model, "check_data"):
             model.check_data(*validation)
     acyclicity = getattr(model, "acyclicity", 0.0) if hasattr(

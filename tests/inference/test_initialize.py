@@ -268,6 +268,9 @@ def test_initialize_contrastive_ranks_restarts_by_held_out_cross_entropy(dag_dat
                                           abs=1e-5)
     with pytest.raises(ValueError, match="validation must be a pair"):
         initialize_contrastive(model, train.x, train.u, num_steps=5, validation=test.x)
+    with pytest.raises(ValueError, match="at least one row"):
+        initialize_contrastive(model, train.x, train.u, num_steps=5,
+                               validation=(test.x[:0], test.u[:0]))
     with pytest.raises(ValueError, match="u"):
         initialize_contrastive(model, train.x, train.u, num_steps=5,
                                validation=(test.x, test.u + 4))
