@@ -105,7 +105,7 @@ def run_seed(seed: int, size: dict) -> dict:
           CLASSIFIER["learning_rate"])
     ce_test, mcc_test, _ = evaluate(population, test.x, test.u, z_test)
     ce_val, _, _ = evaluate(population, held.x, held.u)
-    features = population(fit.x)[0]
+    _, _, features = evaluate(population, fit.x, fit.u)
     agreement = _agreement(list(features))
     picks = {"validation": int(np.argmin(ce_val)), "agreement": int(np.argmax(agreement))}
 
