@@ -16,6 +16,7 @@ from pyrocrl.diagnostics.graphs import (
     LatentGraphMatch,
     cpdag,
     edge_metrics,
+    intervention_leakage,
     match_latents,
     shd,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "cpdag",
     "dictionary_recovery",
     "edge_metrics",
+    "intervention_leakage",
     "jacobian_structure",
     "lagged_points",
     "match_latents",

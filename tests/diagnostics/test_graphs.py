@@ -386,3 +386,72 @@ def test_match_latents_errors(latents):
         match_latents(latents, latents, adj, cyclic, equivalence="cpdag")
     # as DAG comparison a 2-cycle is just a (weird) graph: allowed
     assert match_latents(latents, latents, adj, cyclic).shd == 1
+
+
+def _chain_data(n_per_env=20000, seed=0):
+    """z0 -> z1 with weight 1, unit noises. Environment 0 observational, 1 sets
+    z0 ~ N(2, 1.5^2), 2 sets z1 ~ N(-1, 1) (perfect interventions)."""
+    rng = np.random.default_rng(seed)
+    blocks, envs = [], []
+    for e in range(3):
+        z0 = rng.normal(2.0, 1.5, n_per_env) if e == 1 else rng.normal(0.0, 1.0, n_per_env)
+        z1 = rng.normal(-1.0, 1.0, n_per_env) if e == 2 else z0 + rng.normal(0, 1, n_per_env)
+        blocks.append(np.c_[z0, z1])
+        envs.append(np.full(n_per_env, e))
+    return np.concatenate(blocks), np.concatenate(envs), np.array([-1, 0, 1])
+
+
+def test_intervention_leakage_hand_worked_chain():
+    from pyrocrl.diagnostics import intervention_leakage
+
+    z, u, targets = _chain_data()
+    adj = np.array([[0.0, 1.0], [0.0, 0.0]])
+    # exact latents: z1 is independent of its only non-descendant z0 where it is intervened
+    # on (sampling noise ~ 1/sqrt(20000) = 0.007); z0 has no non-descendant -> NaN
+    exact = intervention_leakage(z, z, u, targets, adj)
+    assert np.isnan(exact[0]) and exact[1] < 0.03
+    # z1 mixed with its parent, z1_hat = z1 + 0.5 z0: in environment 2, cov(z1_hat, z0) =
+    # 0.5 var(z0) = 0.5 and var(z1_hat) = 1 + 0.25, so |corr| = 0.5 / sqrt(1.25) = 0.447
+    mixed = z.copy()
+    mixed[:, 1] = z[:, 1] + 0.5 * z[:, 0]
+    leak = intervention_leakage(z, mixed, u, targets, adj)
+    assert leak[1] == pytest.approx(0.5 / np.sqrt(1.25), abs=0.02)
+    # ... while in the observational environment z1_hat = 1.5 z0 + eps still correlates
+    # 2.5 / sqrt(3.25 * 2) = 0.981 with z1: MCC barely sees the mixing
+    obs = u == 0
+    assert np.corrcoef(mixed[obs, 1], z[obs, 1])[0, 1] == pytest.approx(
+        2.5 / np.sqrt(6.5), abs=0.01)
+    # a strictly monotone map of the right latent leaks nothing; torch input is accepted
+    bent = np.c_[z[:, 0], np.tanh(z[:, 1])]
+    assert intervention_leakage(torch.as_tensor(z), torch.as_tensor(bent), torch.as_tensor(u),
+                                targets, adj)[1] < 0.03
+
+
+def test_intervention_leakage_of_simulated_true_latents_is_sampling_noise():
+    from pyrocrl.diagnostics import intervention_leakage
+    from pyrocrl.simulate import latent_dag
+
+    ds = latent_dag(5, samples_per_env=5000, obs_dim=10, seed=0)
+    leak = intervention_leakage(ds.z, ds.z, ds.u, ds.info["targets"], ds.graph)
+    finite = leak[np.isfinite(leak)]
+    # at most 4 non-descendants per latent, each |corr| ~ N(0, 1/5000): max well below 0.06
+    assert len(finite) >= 1 and finite.max() < 0.06, leak
+
+
+def test_intervention_leakage_names_bad_input():
+    from pyrocrl.diagnostics import intervention_leakage
+
+    z, u, targets = _chain_data(50)
+    adj = np.array([[0.0, 1.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="z_est must have z_true's shape"):
+        intervention_leakage(z, z[:, :1], u, targets, adj)
+    with pytest.raises(ValueError, match=r"targets must be integers in \[-1, 2\)"):
+        intervention_leakage(z, z, u, np.array([-1, 0, 2]), adj)
+    with pytest.raises(ValueError, match=r"u must lie in \[0, len\(targets\)=3\)"):
+        intervention_leakage(z, z, u + 1, targets, adj)
+    with pytest.raises(ValueError, match="u must be an integer array"):
+        intervention_leakage(z, z, u.astype(float), targets, adj)
+    with pytest.raises(ValueError, match="must be a DAG but has the cycle"):
+        intervention_leakage(z, z, u, targets, np.array([[0.0, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"true_adj must be \(2, 2\)"):
+        intervention_leakage(z, z, u, targets, np.zeros((3, 3)))
