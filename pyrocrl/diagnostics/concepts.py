@@ -26,23 +26,16 @@ Like every diagnostic, these only take arrays (NumPy or torch), never a model.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pyrocrl.diagnostics.identifiability import Score, _cross_correlation, as_samples
+from pyrocrl.diagnostics.identifiability import Score, _cross_correlation, _numpy, as_samples
 
 __all__ = ["concept_alignment", "posterior_linearity", "probe_accuracy",
            "sae_concept_correlation"]
-
-
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 def _same_samples(fn: str, name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:

@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 import torch
 
-from pyrocrl.diagnostics.identifiability import Score, mcc
+from pyrocrl.diagnostics.identifiability import Score, _numpy, as_samples, mcc
 
 __all__ = ["EdgeMetrics", "LatentGraphMatch", "cpdag", "edge_metrics", "intervention_leakage",
            "match_latents", "shd"]
@@ -392,15 +392,6 @@ def match_latents(z_true, z_est, true_adj=None, est_adj=None, equivalence: str =
         unmatched_edges=unmatched)
 
 
-def _numeric(name: str, value, ndim: int) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    value = np.asarray(value)
-    if value.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {value.shape}")
-    return value
-
-
 def intervention_leakage(z_true, z_est, u, targets, true_adj,
                          threshold: float = 0.0) -> np.ndarray:
     r"""How much of the latents it cannot depend on each estimated latent still carries where
@@ -435,9 +426,8 @@ def intervention_leakage(z_true, z_est, u, targets, true_adj,
     Returns: ``(n,)`` float array; NaN for a latent that no environment intervenes on, or
     that has no non-descendant.
     """
-    z_true = _numeric("z_true", z_true, 2).astype(np.float64)
-    z_est = _numeric("z_est", z_est, 2).astype(np.float64)
-    u, targets = _numeric("u", u, 1), _numeric("targets", targets, 1)
+    z_true, z_est = as_samples("z_true", z_true), as_samples("z_est", z_est)
+    u, targets = _numpy(u), _numpy(targets)
     n = z_true.shape[1]
     if z_est.shape != z_true.shape:
         raise ValueError(f"z_est must have z_true's shape {z_true.shape} (column j the "
@@ -445,7 +435,7 @@ def intervention_leakage(z_true, z_est, u, targets, true_adj,
     if u.shape != (len(z_true),) or not np.issubdtype(u.dtype, np.integer):
         raise ValueError(f"u must be an integer array of shape ({len(z_true)},), got "
                          f"{u.dtype} {u.shape}")
-    if not np.issubdtype(targets.dtype, np.integer) or (
+    if targets.ndim != 1 or not np.issubdtype(targets.dtype, np.integer) or (
             (targets < -1) | (targets >= n)).any():
         raise ValueError(f"targets must be integers in [-1, {n}), got {targets.tolist()}")
     if u.size and (u.min() < 0 or u.max() >= len(targets)):

@@ -34,12 +34,17 @@ class Score(float):
         return f"{type(self).__name__}({float(self):.4f}{', ' + extras if extras else ''})"
 
 
+def _numpy(array) -> np.ndarray:
+    """NumPy or torch (any device, with or without grad) as a NumPy array."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
 def as_samples(name: str, array) -> np.ndarray:
     """Convert ``(N, n)`` or ``(N, T, n)`` (NumPy or torch) to a float64 ``(samples, n)``
     matrix, flattening every leading dimension; raise naming ``name`` otherwise."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array, dtype=np.float64)
+    array = _numpy(array).astype(np.float64)
     if array.ndim < 2:
         raise ValueError(f"{name} must have shape (N, n) or (N, T, n), got {array.shape}")
     array = array.reshape(-1, array.shape[-1])
