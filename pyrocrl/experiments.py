@@ -106,22 +106,14 @@ def _check_init(init, caller: str) -> None:
 
 
 def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batch_size: int,
-                restarts: int = 1, sparsity: float = 0.0, select: str = "agreement"):
+                restarts: int = 1, sparsity: float = 0.0, validation=None):
     """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time;
     returns the initializer's :class:`~pyrocrl.inference.FitResult` (``None`` for random).
-    Contrastive restarts (``restarts > 1``) are kept by agreement, or with
-    ``select="validation"`` trained on a random 90 % of ``(x, u)`` and ranked by
-    cross-entropy on the other 10 %."""
+    ``validation``: held-out ``(x, u)`` on which contrastive restarts are ranked."""
     if init == "linear":
         return initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
                                  batch_size=batch_size)
     if init == "contrastive":
-        validation = None
-        if restarts > 1 and select == "validation":
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-            cut = max(1, len(x) // 10)
-            fit_part, held_out = perm[cut:], perm[:cut]
-            x, u, validation = x[fit_part], u[fit_part], (x[held_out], u[held_out])
         return initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed,
                                       device=device, restarts=restarts, sparsity=sparsity,
                                       validation=validation)
@@ -360,8 +352,12 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                                    targets=train.info["targets"], **model_options)
     options = dict(device=device, progress=progress, **LATENT_DAG_FIT)
     t0 = time.perf_counter()
-    start = _initialize(model, init, train.x, train.u, init_steps, seed, device,
-                        options["batch_size"], init_restarts, init_sparsity, init_select)
+    fit_part, validation = train, None
+    if init == "contrastive" and init_restarts > 1 and init_select == "validation":
+        fit_part, held_out = train.split(0.9, seed=seed)
+        validation = (held_out.x, held_out.u)
+    start = _initialize(model, init, fit_part.x, fit_part.u, init_steps, seed, device,
+                        options["batch_size"], init_restarts, init_sparsity, validation)
     stages = {}
 
     def score(stage):
