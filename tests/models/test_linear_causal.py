@@ -201,13 +201,13 @@ def exact_recovery_rate(samples_per_env, intervention_scale_range):
 def test_exact_recovery_rate_improves_with_sample_size():
     # a large new noise (s' in (1.5, 2.5), base s in (0.5, 1)) makes small samples hard
     small, large = (exact_recovery_rate(size, (1.5, 2.5)) for size in (1_000, 20_000))
-    assert large >= 0.9  # measured: 0.4 and 1.0
+    assert large >= 0.9  # measured: 0.5 and 1.0 (0.4 and 1.0 with the greedy order and Wald tests)
     assert large > small
 
 
 def test_small_intervention_noise_makes_small_samples_easy():
     # as latent_dag documents: with s' in (0.2, 0.4) 1000 samples per environment suffice
-    assert exact_recovery_rate(1_000, (0.2, 0.4)) >= 0.9  # measured: 1.0 (0.7 with defaults)
+    assert exact_recovery_rate(1_000, (0.2, 0.4)) >= 0.9  # measured: 1.0
 
 
 def test_tensor_and_array_inputs_agree_and_details():
@@ -238,6 +238,56 @@ def est_edges_are_significant(adjacency, p_values, alpha=1e-3):
     return p_values[adjacency != 0] < alpha
 
 
+def true_latents(seed):
+    """The slow test's data (4 latents, linear mixing, 80 % of 4000 samples per environment),
+    but the true latents themselves as the observations: only the estimator can err."""
+    ds = latent_dag(4, samples_per_env=4000, obs_dim=8, mixing="linear", seed=seed)
+    train, _ = ds.split(0.8, seed=seed)
+    return train.z.double().numpy(), train.u.numpy(), ds.graph
+
+
+def is_causal_order(order, graph):
+    position = np.argsort(order)
+    return all(position[i] < position[j] for i, j in zip(*np.nonzero(graph)))
+
+
+def test_order_search_repairs_a_wrong_greedy_order():
+    # seed 0: true edges 1 -> 3 and 2 -> {0, 1, 3}; the greedy rank-one steps put 1 before
+    # its parent 2, so z_1 and z_3 absorb z_2 and two edges go missing (measured: SHD 2).
+    # The dense likelihood of the greedy order is beaten by a neighbour swap.
+    z, u, graph = true_latents(0)
+    greedy = linear_causal_disentanglement(z, u, order_search=False)
+    assert not is_causal_order(greedy.order, graph)
+    assert match_latents(z, greedy.transform(z), graph, greedy.adjacency).shd > 0
+    est = linear_causal_disentanglement(z, u, return_details=True)
+    assert is_causal_order(est.order, graph)
+    match = match_latents(z, est.transform(z), graph, est.adjacency)
+    assert match.shd == 0 and match.mcc > 0.999
+    visited = est.details["order_search"]
+    losses = [loss for _, loss in visited]
+    assert visited[0][0] == greedy.order.tolist() and visited[-1][0] == est.order.tolist()
+    assert len(visited) >= 2 and all(b < a for a, b in zip(losses, losses[1:]))
+    # measured on seeds 0-9 of this setting: every graph exact with the search, 7 of 10
+    # before it and the likelihood-ratio check below (greedy orders valid on 8 of 10)
+
+
+def test_a_weight_the_wald_test_drops_is_kept_by_its_likelihood_ratio():
+    # seed 2: latent 0 has parents 1, 2, 3 (standardized weights -0.53, 0.53, 0.92). In the
+    # dense fit the Wald p-value of 1 -> 0 is 0.002 > alpha = 1e-3, but refitting without it
+    # lets z_0's row of H mix in its parents, at a likelihood-ratio statistic of 28 on
+    # 1 degree of freedom: the edge stays and the graph is exact (it was SHD 1 with Wald alone).
+    # The greedy order (valid here) is kept, so that this is the dense fit just described.
+    z, u, graph = true_latents(2)
+    est = linear_causal_disentanglement(z, u, order_search=False, return_details=True)
+    assert is_causal_order(est.order, graph)
+    statistics = est.details["refinement"]["lr_statistics"]
+    single = [value for key, value in statistics.items() if key != "joint"]
+    assert max(single) > 20.0  # the 1e-3 critical value is 10.8
+    assert est.adjacency[1, 0] != 0
+    match = match_latents(z, est.transform(z), graph, est.adjacency)
+    assert match.shd == 0 and match.permutation.tolist() == [0, 1, 2, 3]
+
+
 # ------------------------------------------------------------------------------------------
 # bad input
 
@@ -257,6 +307,8 @@ def test_bad_input_raises_clear_errors():
         linear_causal_disentanglement(x, u + 0.5)
     with pytest.raises(ValueError, match="observational=9 is not a label"):
         linear_causal_disentanglement(x, u, observational=9)
+    with pytest.raises(ValueError, match="order_search must be True or False, got 'yes'"):
+        linear_causal_disentanglement(x, u, order_search="yes")
     few = np.ones(len(u), dtype=bool)
     few[np.flatnonzero(u == 2)[3:]] = False  # environment 2 keeps 3 samples
     with pytest.raises(ValueError, match="environment 2 has 3 samples"):
