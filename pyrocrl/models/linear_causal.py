@@ -447,7 +447,8 @@ def _estimate(covs, observational, num_latents, num_samples, mean, rank_tol, alp
     # "Rank one" is judged by the generalized eigenvalues mu of the restricted pair
     # (Theta_k, Theta_0): all but one equal 1; unlike eigenvalues of the difference itself they
     # do not depend on the basis (the scale of x), and log mu has sampling noise of order
-    # sqrt(1/N_0 + 1/N_k).
+    # sqrt(1/N_0 + 1/N_k). Steps 2 and 3 (the rows of H) are _moment_rows; order_search then
+    # improves the greedy order by the dense likelihood (docstring, step 4).
     noise = {label: np.sqrt(1.0 / weights[observational] + 1.0 / weights[label])
              if sampled else 1.0 for label in interventional}
     order_envs, q, residuals, rows_h = _moment_rows(precisions, index, obs, interventional,
