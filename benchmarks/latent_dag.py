@@ -66,22 +66,25 @@ def lcd_recovery(size):
     (``order_search=False``, the ``greedy_`` keys): the same data sets, so the two compare
     seed by seed."""
     rates = {}
+    variants = (("", True), ("greedy_", False))
     for per_env in size["lcd_sizes"]:
-        row = {}
-        for prefix, search in (("", True), ("greedy_", False)):
-            exact, scores = [], []
-            for seed in range(size["lcd_seeds"]):
-                ds = simulate.latent_dag(size["num_latents"], samples_per_env=per_env,
-                                         obs_dim=size["obs_dim"], mixing="linear", seed=seed)
+        exact = {prefix: [] for prefix, _ in variants}
+        scores = {prefix: [] for prefix, _ in variants}
+        for seed in range(size["lcd_seeds"]):
+            ds = simulate.latent_dag(size["num_latents"], samples_per_env=per_env,
+                                     obs_dim=size["obs_dim"], mixing="linear", seed=seed)
+            for prefix, search in variants:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     est = models.linear_causal_disentanglement(ds.x, ds.u, order_search=search)
                 match = diagnostics.match_latents(ds.z, est.transform(ds.x), ds.graph,
                                                   est.adjacency)
-                exact.append(float(match.shd) == 0.0)
-                scores.append(float(match.mcc))
-            row.update({f"{prefix}exact_recovery_rate": float(np.mean(exact)),
-                        f"{prefix}mcc": mean_std(scores)})
+                exact[prefix].append(float(match.shd) == 0.0)
+                scores[prefix].append(float(match.mcc))
+        row = {}
+        for prefix, _ in variants:
+            row.update({f"{prefix}exact_recovery_rate": float(np.mean(exact[prefix])),
+                        f"{prefix}mcc": mean_std(scores[prefix])})
         rates[str(per_env)] = row
         print(f"linear estimator, {per_env} per env: exact {row['exact_recovery_rate']:.2f} "
               f"(greedy order: {row['greedy_exact_recovery_rate']:.2f}), MCC "

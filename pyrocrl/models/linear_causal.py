@@ -451,17 +451,17 @@ def _estimate(covs, observational, num_latents, num_samples, mean, rank_tol, alp
     # improves the greedy order by the dense likelihood (docstring, step 4).
     noise = {label: np.sqrt(1.0 / weights[observational] + 1.0 / weights[label])
              if sampled else 1.0 for label in interventional}
-    order_envs, q, residuals, rows_h = _moment_rows(precisions, index, obs, interventional,
-                                                    noise, rank_tol, sampled)
-    searched = None
+    found = _moment_rows(precisions, index, obs, interventional, noise, rank_tol, sampled)
+    searched = dense = None
     if refine and order_search:
         # a swap must raise the log-likelihood by more than half the chi^2_1 critical value
         # at alpha (1e-3 without tests): sampling noise alone moves it between valid orders
         critical = stats.chi2.isf(alpha if alpha is not None else 1e-3, 1)
         min_gain = critical / (2.0 * env_weights.sum()) if sampled else 1e-10
-        order_envs, q, residuals, rows_h, searched = _search_order(
-            order_envs, precisions, index, obs, interventional, noise, rank_tol, sampled,
-            reduced, env_weights, len(labels), refine_rounds, min_gain)
+        found, dense, searched = _search_order(
+            found, precisions, index, obs, interventional, noise, rank_tol, sampled, reduced,
+            env_weights, len(labels), refine_rounds, min_gain)
+    order_envs, q, residuals, rows_h = found
     moment_rows = rows_h
 
     # -- 4. weights (and, with refine, a likelihood polish of H).
@@ -474,7 +474,7 @@ def _estimate(covs, observational, num_latents, num_samples, mean, rank_tol, alp
     if refine:
         fitted, refinement = _fit_likelihood(
             rows_h, reduced, precisions, env_weights, position, obs, testing, alpha, rank_tol,
-            refine_rounds, coefficients, p_values, edge_test == "likelihood_ratio")
+            refine_rounds, coefficients, p_values, edge_test == "likelihood_ratio", dense)
         if fitted is None:
             warnings.warn(f"the likelihood refinement did not converge in {refine_rounds} "
                           "rounds; returning the moment estimate (refine=False)",
@@ -633,45 +633,46 @@ def _dense_fit(rows_h, covs, precisions, weights, position, obs, max_rounds):
     return h0, latent_covs, upper, dense, theta, hess, summary
 
 
-def _search_order(order_envs, precisions, index, obs, interventional, noise, rank_tol, sampled,
+def _search_order(greedy, precisions, index, obs, interventional, noise, rank_tol, sampled,
                   covs, weights, num_envs, max_rounds, min_gain):
-    """Hill-climb from the greedy order over swaps of neighbours, each order scored by its
+    """Hill-climb from the greedy order (``greedy``: what :func:`_moment_rows` returned for
+    it) over swaps of neighbours, each order scored by its
     dense likelihood fit (every order has the same number of parameters, so the losses
     compare directly); the best swap is taken while it lowers the loss (per unit weight) by
     more than ``min_gain``. Only a wrong order loses likelihood beyond sampling noise:
     swapping two latents without an edge between them keeps a valid order and the same
-    population fit. Returns what :func:`_moment_rows` returns for the
-    order kept, and the orders visited with their losses."""
-    def score(order):
-        found = _moment_rows(precisions, index, obs, interventional, noise, rank_tol, sampled,
-                             forced=order)
+    population fit. Returns the :func:`_moment_rows` result and the :func:`_dense_fit` of the
+    order kept (for the polish to reuse), and the orders visited with their losses."""
+    def score(found):
         position = np.full(num_envs, -1)
-        position[[index[label] for label in order]] = np.arange(len(order))
-        summary = _dense_fit(found[3], covs, precisions, weights, position, obs,
-                             max_rounds)[-1]
-        return (summary["dense_loss"] if summary["converged"] else np.inf), found
+        position[[index[label] for label in found[0]]] = np.arange(len(found[0]))
+        dense = _dense_fit(found[3], covs, precisions, weights, position, obs, max_rounds)
+        return (dense[-1]["dense_loss"] if dense[-1]["converged"] else np.inf), found, dense
 
-    loss, found = score(list(order_envs))
-    visited = [(list(order_envs), loss)]
+    def swapped(order, i):
+        return _moment_rows(precisions, index, obs, interventional, noise, rank_tol, sampled,
+                            forced=order[:i] + [order[i + 1], order[i]] + order[i + 2:])
+
+    loss, found, dense = score(greedy)
+    visited = [(list(found[0]), loss)]
     while True:
-        order = found[0]
-        trials = [score(order[:i] + [order[i + 1], order[i]] + order[i + 2:])
-                  for i in range(len(order) - 1)]
-        trial_loss, trial = min(trials, key=lambda item: item[0], default=(np.inf, None))
-        if not trial_loss < loss - min_gain:
-            return (*found, visited)
-        loss, found = trial_loss, trial
+        trials = [score(swapped(found[0], i)) for i in range(len(found[0]) - 1)]
+        best = min(trials, key=lambda item: item[0], default=(np.inf, None, None))
+        if not best[0] < loss - min_gain:
+            return found, dense, visited
+        loss, found, dense = best
         visited.append((list(found[0]), loss))
 
 
 def _fit_likelihood(rows_h, covs, precisions, weights, position, obs, testing, alpha, rank_tol,
-                    max_rounds, coefficients, p_values, confirm=True):
+                    max_rounds, coefficients, p_values, confirm=True, dense_fit=None):
     """Likelihood polish of the moment estimate (order and targets fixed): fit with a dense
     B, Wald-test its entries with the observed information (with ``confirm``, a dropped edge
     must also pass a likelihood-ratio test), refit on the kept edges. Fills
     ``coefficients`` and ``p_values``; returns the rows of H, adjacency and noise scales
-    (positions) and a summary, or ``None`` when the dense fit does not converge."""
-    h0, latent_covs, upper, dense, theta, hess, summary = _dense_fit(
+    (positions) and a summary, or ``None`` when the dense fit does not converge.
+    ``dense_fit``: :func:`_dense_fit`'s result for these rows and order, if already known."""
+    h0, latent_covs, upper, dense, theta, hess, summary = dense_fit or _dense_fit(
         rows_h, covs, precisions, weights, position, obs, max_rounds)
     if not summary["converged"]:
         return None, summary
@@ -700,7 +701,7 @@ def _fit_likelihood(rows_h, covs, precisions, weights, position, obs, testing, a
     if keep.sum() < upper.sum() and not (testing and confirm):  # (elimination refits itself)
         fit = _refit(latent_covs, weights, position, keep, fit, max_rounds) or fit
     summary["num_kept"] = int(keep.sum())
-    t_mat, b, _, summary["sparse_loss"] = fit
+    t_mat, b, _, summary["final_loss"] = fit
     rows = t_mat @ h0
     adjacency = np.where(keep, -b.T, 0.0)
     return (rows, adjacency, np.ones(n)), summary
