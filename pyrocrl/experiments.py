@@ -106,17 +106,19 @@ def _check_init(init, caller: str) -> None:
 
 
 def _initialize(model, init: str, x, u, init_steps: int, seed: int, device, batch_size: int,
-                restarts: int = 1, sparsity: float = 0.0, validation=None):
+                restarts: int = 1, sparsity: float = 0.0, validation=None, **contrastive):
     """Start ``model`` as ``init`` says (``"random"``: leave it), counted in the fit time;
     returns the initializer's :class:`~pyrocrl.inference.FitResult` (``None`` for random).
-    ``validation``: held-out ``(x, u)`` on which contrastive restarts are ranked."""
+    ``validation``: held-out ``(x, u)`` on which contrastive restarts are ranked;
+    ``contrastive``: further options of
+    :func:`~pyrocrl.inference.initialize_contrastive`."""
     if init == "linear":
         return initialize_linear(model, x, u, num_steps=init_steps, seed=seed, device=device,
                                  batch_size=batch_size)
     if init == "contrastive":
         return initialize_contrastive(model, x, u, num_steps=init_steps, seed=seed,
                                       device=device, restarts=restarts, sparsity=sparsity,
-                                      validation=validation)
+                                      validation=validation, **contrastive)
     return None
 
 
@@ -322,7 +324,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                       rounds: int = 3, finetune_steps: int = 2000, device: str = "auto",
                       progress: bool = False, init: str = "random", init_steps: int = 3000,
                       init_restarts: int = 1, init_sparsity: float = 0.0,
-                      init_select: str = "agreement", **model_options) -> dict:
+                      init_select: str = "agreement", init_linear_steps: int = 0,
+                      init_linear_restarts: int | None = None, **model_options) -> dict:
     """Fit a :class:`~pyrocrl.models.LatentCausalVAE` with the data set's known targets:
     ELBO training for ``num_steps``, then ``rounds`` times :meth:`disentangle` on the
     training data, with ``finetune_steps`` of ELBO training between rounds (each ELBO pass
@@ -338,9 +341,11 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     classification steps, an L1 penalty ``init_sparsity`` on the SEM's weights; of
     ``init_restarts``, the one that agrees best with the others, or with
     ``init_select="validation"`` the one with the lowest cross-entropy on 10 % of ``train``
-    held out from the classification), and that start is scored too (stage
-    ``"contrastive"``, with each restart's agreement, final cross-entropy, held-out
-    cross-entropy where measured, and the kept restart).
+    held out from the classification; ``init_linear_steps`` > 0 adds the linear first stage
+    with ``init_linear_restarts`` affine classifiers, default ``init_restarts``), and that
+    start is scored too (stage ``"contrastive"``, with each restart's agreement, final
+    cross-entropy, held-out cross-entropy where measured, the linear stage's cross-entropies
+    and kept restarts where run, and the kept restart).
     """
     _check_init(init, "fit_latent_causal")
     if init_select not in ("agreement", "validation"):
@@ -356,8 +361,13 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     if init == "contrastive" and init_restarts > 1 and init_select == "validation":
         fit_part, held_out = train.split(0.9, seed=seed)
         validation = (held_out.x, held_out.u)
+    linear_stage = {}
+    if init_linear_steps:
+        linear_stage = dict(linear_steps=init_linear_steps,
+                            linear_restarts=init_linear_restarts or init_restarts)
     start = _initialize(model, init, fit_part.x, fit_part.u, init_steps, seed, device,
-                        options["batch_size"], init_restarts, init_sparsity, validation)
+                        options["batch_size"], init_restarts, init_sparsity, validation,
+                        **linear_stage)
     stages = {}
 
     def score(stage):
@@ -380,7 +390,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
         score("contrastive")
         stages["contrastive"].update({key: start.metrics[key] for key in (
             "restart_agreement", "restart_loss", "restart_validation_loss",
-            "chosen_restart") if key in start.metrics})
+            "chosen_restart", "linear_loss", "linear_kept") if key in start.metrics})
     fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)
     score("elbo")
     for r in range(1, rounds + 1):

@@ -50,6 +50,15 @@ def test_latent_dag_sparsity_and_mixings_name_their_file(tmp_path):
         (tmp_path / "latent_dag_contrastive_validation_mixing1_quick.json").read_text())
     assert result["setting"]["init_select"] == "validation"
     assert "restart_validation_loss" in result["runs"][0]["stages"]["contrastive"]
+    load("latent_dag").main(["--quick", "--init", "contrastive", "--init-linear",
+                             "--mixings", "1", "--out", str(tmp_path)])
+    result = json.loads(
+        (tmp_path / "latent_dag_contrastive_linear_stage_mixing1_quick.json").read_text())
+    assert result["setting"]["init_linear_steps"] == 10
+    start = result["runs"][0]["stages"]["contrastive"]
+    assert len(start["linear_loss"]) == 4 and len(start["linear_kept"]) == 2
+    with pytest.raises(SystemExit):  # the linear stage belongs to the contrastive start
+        load("latent_dag").main(["--quick", "--init-linear", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):  # the L1 term belongs to the contrastive start
         load("latent_dag").main(["--quick", "--init-sparsity", "0.1", "--out", str(tmp_path)])
 

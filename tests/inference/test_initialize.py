@@ -274,3 +274,59 @@ def test_initialize_contrastive_ranks_restarts_by_held_out_cross_entropy(dag_dat
     with pytest.raises(ValueError, match="u"):
         initialize_contrastive(model, train.x, train.u, num_steps=5,
                                validation=(test.x, test.u + 4))
+
+
+def test_initialize_contrastive_linear_stage_screens_restarts(dag_data):
+    """With ``linear_steps`` the classifiers first fit affine features; the ``restarts`` with
+    the lowest cross-entropy on all of x go on with the network ramped in, and the kept one's
+    classification is the single run's (``restarts=1``, one linear restart) with its seed
+    (the regression afterwards draws from ``seed``, so the encoders differ)."""
+    from pyrocrl.inference import initialize_contrastive
+    from pyrocrl.models import LatentCausalVAE
+
+    train, _ = dag_data
+    torch.manual_seed(0)
+    model = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    options = dict(num_steps=40, linear_steps=30, ramp_steps=20, regression_steps=20)
+    result = initialize_contrastive(model, train.x, train.u, restarts=2, linear_restarts=4,
+                                    seed=0, **options)
+    linear_loss, kept = result.metrics["linear_loss"], result.metrics["linear_kept"]
+    # the two lowest of the four linear cross-entropies (nats per point, below chance log 4)
+    assert len(linear_loss) == 4 and all(0.0 < v < np.log(4) for v in linear_loss)
+    assert kept == np.argsort(linear_loss)[:2].tolist()
+    agreement = result.metrics["restart_agreement"]  # over the kept restarts, in kept's order
+    assert len(agreement) == 2
+    chosen = kept[int(np.argmax(agreement))]
+    assert result.metrics["chosen_restart"] == [chosen]
+    # the record runs through both stages: 30 linear steps, then 40
+    assert len(result.losses) == 70 and np.isfinite(result.losses).all()
+    assert result.metrics["step"][-1] == 70 and len(result.metrics["accuracy"]) == len(
+        result.metrics["step"])
+    single = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+    single.load_state_dict(start)
+    alone = initialize_contrastive(single, train.x, train.u, linear_restarts=1, seed=chosen,
+                                   **options)
+    assert alone.metrics["linear_kept"] == [0]
+    assert alone.metrics["linear_loss"][0] == pytest.approx(linear_loss[chosen], abs=1e-5)
+    torch.testing.assert_close(model.adjacency, single.adjacency, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(result.losses, alone.losses, rtol=0, atol=1e-4)
+
+
+def test_initialize_contrastive_linear_stage_names_bad_input(dag_data):
+    from pyrocrl.inference import initialize_contrastive
+    from pyrocrl.models import LatentCausalVAE
+
+    train, _ = dag_data
+    model = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+    for options, message in (
+            (dict(linear_steps=-1), "linear_steps must be an integer >= 0, got -1"),
+            (dict(linear_steps=True), "linear_steps must be an integer >= 0, got True"),
+            (dict(ramp_steps=2.5), "ramp_steps must be an integer >= 0, got 2.5"),
+            (dict(linear_steps=5, restarts=3, linear_restarts=2),
+             r"linear_restarts \(2\) must be at least restarts \(3\)"),
+            (dict(linear_steps=5, linear_restarts=0), "linear_restarts must be a positive int"),
+            (dict(linear_steps=5, linear_learning_rate=0),
+             "linear_learning_rate must be a positive number, got 0")):
+        with pytest.raises(ValueError, match=message):
+            initialize_contrastive(model, train.x, train.u, num_steps=5, **options)
