@@ -70,9 +70,10 @@ class LinearCausalEstimate:
             p-value, NaN elsewhere or without sample sizes), ``refinement`` (rounds,
             losses, convergence, weights kept by the likelihood fit and, with edge tests,
             ``lr_statistics``: the likelihood-ratio statistics of dropping the edges the Wald
-            test did not keep, ``{(s, t): statistic}`` in positions for those tested one by
-            one and ``"joint"``: ``(number of edges, statistic)`` for those tested together;
-            or ``None``) and
+            test did not keep, a dict with ``"edges"``: ``{(s, t): statistic}`` in positions
+            for those tested one by one, and ``"joint"``: ``(number of edges, statistic)`` for
+            those tested together, or ``None`` where there was no joint test; or ``None``
+            without edge tests) and
             ``order_search`` (the orders visited, as lists of latents with their dense
             losses, the kept one last; ``None`` without the search).
     """
@@ -735,11 +736,12 @@ def _likelihood_ratio_elimination(covs, weights, position, upper, p_values, alph
     p above ``clear`` are first dropped together if their joint likelihood-ratio test (as
     many degrees of freedom as edges) does not reject; the rest are tested one by one, least
     significant first. Returns the kept edges, the final fit and the statistics
-    (``{(s, t): statistic}`` for single edges, ``"joint"``: ``(edges, statistic)``)."""
+    (``"edges"``: ``{(s, t): statistic}`` for single edges, ``"joint"``: ``(edges,
+    statistic)`` or ``None``)."""
     keep = upper.copy()
     candidates = np.argwhere(upper & ~(np.nan_to_num(p_values, nan=1.0) < alpha))
     candidates = candidates[np.argsort(-p_values[tuple(candidates.T)], kind="stable")]
-    statistics = {}
+    statistics = {"edges": {}, "joint": None}
 
     def try_drop(edges):
         trial = keep.copy()
@@ -762,7 +764,7 @@ def _likelihood_ratio_elimination(covs, weights, position, upper, p_values, alph
         trial, refit, statistic = try_drop([(s, t)])
         if statistic is None:
             continue
-        statistics[(int(s), int(t))] = statistic
+        statistics["edges"][(int(s), int(t))] = statistic
         if statistic <= stats.chi2.isf(alpha, 1):
             keep, fit = trial, refit
     return keep, fit, statistics
