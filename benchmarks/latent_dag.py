@@ -25,6 +25,8 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         # -> results/latent_dag_contrastive_validation_mixing3.json: the classifier trains on
         #    90 % of the training split and the restart with the lowest cross-entropy on the
         #    other 10 % is kept instead of the best-agreeing one
+    python benchmarks/latent_dag.py --init contrastive --mixings 3 --seeds 5 6 7 8 9
+        # -> results/latent_dag_contrastive_mixing3_seeds5-6-7-8-9.json: five more seeds
     python benchmarks/latent_dag.py --init contrastive --init-linear --mixings 3
         # -> results/latent_dag_contrastive_linear_stage_mixing3.json: the classifier first
         #    fits affine features (20 restarts, 2000 steps), the 5 lowest cross-entropies go
@@ -140,12 +142,16 @@ def main(argv=None):
                              "of the training split held out from the classifier")
     parser.add_argument("--init-linear", action="store_true",
                         help="--init contrastive: a linear stage first (see LINEAR_STAGE)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="data and fit seeds (default: the size's, 0-4)")
     parser.add_argument("--mixings", type=int, nargs="+", default=None,
                         help="mixing depths to run (default: the size's, 1 and 3)")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     if args.mixings:
         size["mixings"] = args.mixings
+    if args.seeds:
+        size["seeds"] = args.seeds
     recipe = {}
     if args.init == "contrastive":
         recipe = dict(CONTRASTIVE_QUICK if args.quick else CONTRASTIVE)
@@ -190,6 +196,8 @@ def main(argv=None):
         name += "_linear_stage"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
+    if args.seeds:
+        name += "_seeds" + "-".join(map(str, args.seeds))
     path = write(name + ("_quick" if args.quick else ""), {
         "setting": {**size, **recipe, "graph": "er", "expected_degree": 1,
                     "interventions": "perfect", "sem": "linear", "split": "80/20 held-out"},
