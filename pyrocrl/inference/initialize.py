@@ -340,7 +340,7 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     ``restarts=5`` on seeds 0–4 and 0.828 on seeds 5–9, 0.784 with one, 0.647 from a random
     start; ``sparsity=0.003`` with 5
     restarts: 0.895 against 0.893 without at that commit, and median SHD 4 instead of 5,
-    within seed noise; README). Uses only ``(x, u)``, no ground truth.
+    within seed noise; ``benchmarks/NOTES.md``). Uses only ``(x, u)``, no ground truth.
 
     The truth is the objective's optimum, but random starts do not find it
     (``benchmarks/contrastive_optimum.py``, B7's data through the 3-layer mixing, 5 seeds):

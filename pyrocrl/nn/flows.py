@@ -87,7 +87,7 @@ class SmoothLeakyReLU(TransformModule):
     parameters, so its gradient is zero almost everywhere and misses the change of density
     as points cross a kink; maximum likelihood then walks away from the truth even when
     started there. With a small learned :math:`\tau` (started at ``smoothness``) the kinks'
-    effect on the likelihood has a gradient (``benchmarks/ivae.py``, README B1).
+    effect on the likelihood has a gradient (``benchmarks/ivae.py``; ``benchmarks/NOTES.md``, B1).
 
     Args:
         dim: the width.

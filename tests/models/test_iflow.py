@@ -62,7 +62,7 @@ def test_started_at_the_truth_a_smoothed_flow_stays_and_a_sharp_one_walks_off(da
                                                                               stays):
     """Why the activations are smoothed: with exact kinks the log-determinant is piecewise
     constant in the parameters, its gradient misses points crossing a kink, and maximum
-    likelihood leaves the truth (README B1)."""
+    likelihood leaves the truth (benchmarks/NOTES.md, B1)."""
     model = at_the_truth(data, smoothness).float()
     start = -model.log_likelihood(data.x, data.u).mean().item()
     fit_svi(model, data.x, data.u, num_steps=600, batch_size=256, learning_rate=1e-2,
