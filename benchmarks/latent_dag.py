@@ -27,6 +27,10 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         #    other 10 % is kept instead of the best-agreeing one
     python benchmarks/latent_dag.py --init contrastive --mixings 3 --seeds 5 6 7 8 9
         # -> results/latent_dag_contrastive_mixing3_seeds5-6-7-8-9.json: five more seeds
+    python benchmarks/latent_dag.py --init contrastive --keep-start-graph --mixings 3 \
+        --seeds 0 1 2 3 4 5 6 7 8 9
+        # -> results/latent_dag_contrastive_start_graph_mixing3_seeds0-1-2-3-4-5-6-7-8-9.json:
+        #    the ELBO stage keeps the SEM's support at the contrastive start's graph
     python benchmarks/latent_dag.py --init contrastive --init-linear --mixings 3
         # -> results/latent_dag_contrastive_linear_stage_mixing3.json: the classifier first
         #    fits affine features (20 restarts, 2000 steps), the 5 lowest cross-entropies go
@@ -140,6 +144,9 @@ def main(argv=None):
                         help="--init contrastive: keep the restart that agrees best with the "
                              "others (default) or the one with the lowest cross-entropy on 10 %% "
                              "of the training split held out from the classifier")
+    parser.add_argument("--keep-start-graph", action="store_true",
+                        help="--init contrastive: the ELBO stage keeps the start's graph "
+                             "(fit_latent_causal's keep_start_graph)")
     parser.add_argument("--init-linear", action="store_true",
                         help="--init contrastive: a linear stage first (see LINEAR_STAGE)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -163,9 +170,12 @@ def main(argv=None):
             recipe["init_select"] = args.init_select
         if args.init_linear:
             recipe.update(LINEAR_STAGE_QUICK if args.quick else LINEAR_STAGE)
-    elif args.init_sparsity or args.init_restarts or args.init_select or args.init_linear:
-        parser.error("--init-sparsity, --init-restarts, --init-select and --init-linear need "
-                     "--init contrastive")
+        if args.keep_start_graph:
+            recipe["keep_start_graph"] = True
+    elif (args.init_sparsity or args.init_restarts or args.init_select or args.init_linear
+          or args.keep_start_graph):
+        parser.error("--init-sparsity, --init-restarts, --init-select, --init-linear and "
+                     "--keep-start-graph need --init contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -194,6 +204,8 @@ def main(argv=None):
         name += f"_{args.init_select}"
     if args.init_linear:
         name += "_linear_stage"
+    if args.keep_start_graph:
+        name += "_start_graph"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     if args.seeds:

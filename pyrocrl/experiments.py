@@ -325,7 +325,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                       progress: bool = False, init: str = "random", init_steps: int = 3000,
                       init_restarts: int = 1, init_sparsity: float = 0.0,
                       init_select: str = "agreement", init_linear_steps: int = 0,
-                      init_linear_restarts: int | None = None, **model_options) -> dict:
+                      init_linear_restarts: int | None = None, keep_start_graph: bool = False,
+                      **model_options) -> dict:
     """Fit a :class:`~pyrocrl.models.LatentCausalVAE` with the data set's known targets:
     ELBO training for ``num_steps``, then ``rounds`` times :meth:`disentangle` on the
     training data, with ``finetune_steps`` of ELBO training between rounds (each ELBO pass
@@ -345,9 +346,14 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     with ``init_linear_restarts`` affine classifiers, default ``init_restarts``), and that
     start is scored too (stage ``"contrastive"``, with each restart's agreement, final
     cross-entropy, held-out cross-entropy where measured, the linear stage's cross-entropies
-    and kept restarts where run, and the kept restart).
+    and kept restarts where run, and the kept restart). ``keep_start_graph=True`` (with
+    ``init="contrastive"``) then holds the SEM's support at the start's graph for the rest
+    of the fit (:meth:`~pyrocrl.models.LatentCausalVAE.restrict_graph`).
     """
     _check_init(init, "fit_latent_causal")
+    if keep_start_graph and init != "contrastive":
+        raise ValueError(f"fit_latent_causal: keep_start_graph=True needs init='contrastive' "
+                         f"(the start whose SEM prior gives the graph), got init={init!r}")
     if init_select not in ("agreement", "validation"):
         raise ValueError(f"fit_latent_causal: init_select must be 'agreement' or 'validation', "
                          f"got {init_select!r}")
@@ -391,6 +397,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
         stages["contrastive"].update({key: start.metrics[key] for key in (
             "restart_agreement", "restart_loss", "restart_validation_loss",
             "chosen_restart", "linear_loss", "linear_kept") if key in start.metrics})
+        if keep_start_graph:
+            model.restrict_graph(model.graph())
     fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)
     score("elbo")
     for r in range(1, rounds + 1):

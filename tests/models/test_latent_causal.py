@@ -162,3 +162,40 @@ def test_fit_latent_causal_linear_and_contrastive_starts_run_and_check_init():
     with pytest.raises(ValueError, match="init_select must be 'agreement' or 'validation', "
                                          "got 'loss'"):
         fit_latent_causal(train, test, num_steps=5, init="contrastive", init_select="loss")
+
+
+def test_restrict_graph_holds_the_sem_to_the_given_edges():
+    model = LatentCausalVAE(6, 3, 4)
+    with torch.no_grad():
+        model.weights.copy_(torch.tensor([[0.0, 0.8, 0.5], [0.0, 0.0, 0.7], [0.3, 0.0, 0.0]]))
+    support = np.array([[0, 1, 0], [0, 0, 1], [0, 0, 0]])  # the chain 0 -> 1 -> 2
+    model.restrict_graph(support)
+    np.testing.assert_array_equal(model.adjacency.detach().numpy() != 0, support != 0)
+    np.testing.assert_array_equal(model.graph(threshold=0.0) != 0, support != 0)
+    # ELBO steps cannot grow an edge outside the support, and the mask is saved with the model
+    ds = latent_dag(3, samples_per_env=100, obs_dim=6, seed=0)
+    fit_svi(model, ds.x, ds.u, num_steps=20, batch_size=64, learning_rate=1e-2, seed=0,
+            progress=False)
+    assert (model.adjacency.detach().numpy()[support == 0] == 0).all()
+    assert (model.adjacency.detach().numpy()[support != 0] != 0).all()
+    restored = LatentCausalVAE(6, 3, 4)
+    restored.load_state_dict(model.state_dict())
+    torch.testing.assert_close(restored.adjacency, model.adjacency)
+    with pytest.raises(ValueError, match=r"graph must be \(latent_dim, latent_dim\) = \(3, 3\)"):
+        model.restrict_graph(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="graph must be a DAG but has the cycle"):
+        model.restrict_graph(np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]]))
+    with pytest.raises(ValueError, match="self-loops"):
+        model.restrict_graph(np.eye(3))
+
+
+def test_fit_latent_causal_keeps_the_start_graph():
+    """keep_start_graph: the final graph's edges are a subset of the contrastive start's."""
+    train, test = small().split(0.8, seed=0)
+    row = fit_latent_causal(train, test, num_steps=30, seed=0, rounds=0, init="contrastive",
+                            init_steps=400, keep_start_graph=True)
+    start = np.array(row["stages"]["contrastive"]["graph"]) != 0
+    final = np.array(row["stages"]["elbo"]["graph"]) != 0
+    assert start.any() and not (final & ~start).any()
+    with pytest.raises(ValueError, match="keep_start_graph=True needs init='contrastive'"):
+        fit_latent_causal(train, test, num_steps=5, keep_start_graph=True)
