@@ -367,10 +367,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     if init == "contrastive" and init_restarts > 1 and init_select == "validation":
         fit_part, held_out = train.split(0.9, seed=seed)
         validation = (held_out.x, held_out.u)
-    linear_stage = {}
-    if init_linear_steps:
-        linear_stage = dict(linear_steps=init_linear_steps,
-                            linear_restarts=init_linear_restarts or init_restarts)
+    linear_stage = dict(linear_steps=init_linear_steps,
+                        linear_restarts=init_linear_restarts) if init_linear_steps else {}
     start = _initialize(model, init, fit_part.x, fit_part.u, init_steps, seed, device,
                         options["batch_size"], init_restarts, init_sparsity, validation,
                         **linear_stage)

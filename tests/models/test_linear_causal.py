@@ -285,6 +285,9 @@ def test_a_weight_the_wald_test_drops_is_kept_by_its_likelihood_ratio():
     assert est.adjacency[1, 0] != 0
     match = match_latents(z, est.transform(z), graph, est.adjacency)
     assert match.shd == 0 and match.permutation.tolist() == [0, 1, 2, 3]
+    # the Wald test alone drops it
+    wald = linear_causal_disentanglement(z, u, order_search=False, edge_test="wald")
+    assert wald.adjacency[1, 0] == 0
 
 
 # ------------------------------------------------------------------------------------------
