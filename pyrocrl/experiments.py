@@ -346,7 +346,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     with ``init_linear_restarts`` affine classifiers, default ``init_restarts``), and that
     start is scored too (stage ``"contrastive"``, with each restart's agreement, final
     cross-entropy, held-out cross-entropy where measured, the linear stage's cross-entropies
-    and kept restarts where run, and the kept restart). ``keep_start_graph=True`` (with
+    and kept restarts where run, the restarts dropped for diverging, and the kept restart). ``keep_start_graph=True`` (with
     ``init="contrastive"``) then holds the SEM's support at the start's graph for the rest
     of the fit (:meth:`~pyrocrl.models.LatentCausalVAE.restrict_graph`).
     """
@@ -394,7 +394,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
         score("contrastive")
         stages["contrastive"].update({key: start.metrics[key] for key in (
             "restart_agreement", "restart_loss", "restart_validation_loss",
-            "chosen_restart", "linear_loss", "linear_kept") if key in start.metrics})
+            "chosen_restart", "linear_loss", "linear_kept", "dropped_restarts")
+            if key in start.metrics})
         if keep_start_graph:
             model.restrict_graph(model.graph())
     fit = fit_svi(model, train.x, train.u, num_steps=num_steps, seed=seed, **options)

@@ -14,6 +14,7 @@ decoder nor a Jacobian, and starts the model there.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from pyrocrl._checks import check_positive_int
 from pyrocrl.diagnostics import mcc
 from pyrocrl.inference._loop import check_training_args, train_minibatch
-from pyrocrl.inference.svi import FitResult, _Batches
+from pyrocrl.inference.svi import FitResult, NonFiniteLossError, _Batches
 from pyrocrl.nn import SideBySide, mlp
 
 
@@ -254,16 +255,47 @@ class _EnvironmentClassifier(torch.nn.Module):
 
 def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps: int,
                        batch_size: int, learning_rate: float, device, progress: bool,
-                       alpha=None) -> tuple[FitResult, np.ndarray, np.ndarray]:
+                       alpha=None, stage: str = "") -> tuple[FitResult, np.ndarray, np.ndarray,
+                                                              np.ndarray]:
     """Adam on the summed cross-entropies (+ penalties) of the ``K`` classifiers of
     ``population``, copy ``k`` on the minibatches a run alone with ``seeds[k]`` would draw;
     ``alpha(step)`` gives the network's share (``None``: the classifiers have no affine part).
-    Returns the loop's :class:`FitResult` and each step's cross-entropy and accuracy per copy,
-    ``(num_steps, K)`` each."""
+
+    A copy whose loss or gradient turns non-finite is dropped with a ``RuntimeWarning``: from
+    then on its loss is left out of the sum and its gradients are zeroed, so the others
+    train on exactly as before (the copies share no parameters). Only when every copy is
+    dropped does it raise :class:`NonFiniteLossError`. Returns the loop's
+    :class:`FitResult`, each step's cross-entropy and accuracy per copy, ``(num_steps, K)``
+    each, and the step at which each copy was dropped, ``(K,)`` (-1: never)."""
     others = [_Batches(len(x), min(batch_size, len(x)), s) for s in seeds[1:]]
     per_step: list[tuple[np.ndarray, np.ndarray]] = []
+    dropped_at = np.full(len(seeds), -1)
+    alive = torch.ones(len(seeds), dtype=torch.bool)
+    now = {"step": 0}
+
+    def drop(bad: torch.Tensor, what: str) -> None:
+        for k in (bad.cpu() & alive).nonzero().flatten().tolist():
+            alive[k], dropped_at[k] = False, now["step"]
+            warnings.warn(f"initialize_contrastive: dropped {stage}restart with seed "
+                          f"{seeds[k]}: its {what} is not finite at step {now['step']} "
+                          f"(0-based, of {num_steps}); the others go on", RuntimeWarning,
+                          stacklevel=5)
+        if not alive.any():
+            raise NonFiniteLossError(
+                f"initialize_contrastive: every {stage}restart diverged (seeds {seeds}; the "
+                f"last at step {now['step']}). Try a smaller learning_rate or check the data; "
+                f"the model keeps its state from before the call.")
+
+    def zero_dropped(grad):  # a copy's gradient slice: kept while it lives, else zero
+        drop(~torch.isfinite(grad.reshape(len(grad), -1)).all(1), "gradient")
+        keep = alive.to(grad.device).view(-1, *(1,) * (grad.ndim - 1))
+        return torch.where(keep, grad, torch.zeros_like(grad))
+
+    hooks = ([p.register_hook(zero_dropped) for p in population.parameters()]
+             if population.num_copies > 1 else [])  # parameters stacked along K
 
     def loss_fn(batch, step):
+        now["step"] = step
         index = [b.at(step) for b in others]
         device = batch[0].device
         xb, ub = (torch.stack([first, *((t if i is None else t[i]).to(device) for i in index)])
@@ -275,14 +307,20 @@ def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps
                                                reduction="none").reshape(ub.shape).mean(-1)
         accuracy = (logits.argmax(-1) == ub).float().mean(-1)
         per_step.append((ce.detach().cpu().numpy(), accuracy.cpu().numpy()))
-        return (ce + penalty).sum(), {}
+        loss = ce + penalty
+        drop(~torch.isfinite(loss.detach()), "cross-entropy")
+        return torch.where(alive.to(device), loss, torch.zeros_like(loss)).sum(), {}
 
-    result = train_minibatch(population, loss_fn, [x, u], caller="initialize_contrastive",
-                             num_steps=num_steps, batch_size=batch_size,
-                             learning_rate=learning_rate, seed=seeds[0], device=device,
-                             progress=progress)
+    try:
+        result = train_minibatch(population, loss_fn, [x, u], caller="initialize_contrastive",
+                                 num_steps=num_steps, batch_size=batch_size,
+                                 learning_rate=learning_rate, seed=seeds[0], device=device,
+                                 progress=progress)
+    finally:
+        for hook in hooks:
+            hook.remove()
     ce, accuracy = (np.stack(values) for values in zip(*per_step))
-    return result, ce, accuracy
+    return result, ce, accuracy, dropped_at
 
 
 @torch.no_grad()
@@ -411,8 +449,12 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     ``metrics["restart_agreement"]``, each restart's mean cross-entropy over the last logging
     window (100 steps) in ``metrics["restart_loss"]``, with ``validation`` each restart's
     held-out cross-entropy in ``metrics["restart_validation_loss"]``, and the kept one in
-    ``metrics["chosen_restart"]``. A non-finite loss in any restart stops them all (the model
-    keeps its state from before the call).
+    ``metrics["chosen_restart"]``. A restart whose cross-entropy or gradient turns non-finite
+    is dropped with a ``RuntimeWarning`` while the others train on unchanged (its agreement,
+    held-out and linear-stage cross-entropies are NaN; its index is listed in
+    ``metrics["dropped_restarts"]``); only when every restart of a stage diverges does it
+    raise :class:`~pyrocrl.inference.NonFiniteLossError`, and the model then keeps its state
+    from before the call.
     """
     _require(model, ("prior", "num_domains", "latent_dim"), "initialize_contrastive",
              "a prior p(z | u) over num_domains environments")
@@ -460,14 +502,17 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
 
     # every restart starts at the model's current prior; all train side by side, restart r on
     # the minibatches a run alone with seed + r would draw
-    kept, linear_record = list(range(restarts)), None
+    kept, linear_record, dropped = list(range(restarts)), None, []
     if linear_steps:  # stage 1: affine features; the lowest cross-entropies go on
         screen = SideBySide([classifier(r, 1) for r in range(linear_restarts)])
-        first, linear_ce, linear_accuracy = _train_classifiers(
+        first, linear_ce, linear_accuracy, linear_dropped = _train_classifiers(
             screen, x, u, [seed + r for r in range(linear_restarts)], linear_steps, batch_size,
-            linear_learning_rate, device, progress)
+            linear_learning_rate, device, progress, stage="linear-stage ")
         linear_loss = _cross_entropy(screen, x, u, first.device)
-        kept = np.argsort(linear_loss, kind="stable")[:restarts].tolist()
+        linear_loss[linear_dropped >= 0] = np.nan
+        dropped = np.flatnonzero(linear_dropped >= 0).tolist()
+        kept = [int(k) for k in np.argsort(linear_loss, kind="stable")
+                if linear_dropped[k] < 0][:restarts]
         classifiers = []
         for k in kept:
             c = classifier(k, num_layers, linear=True)
@@ -485,16 +530,21 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     else:
         population = SideBySide([classifier(r, num_layers) for r in range(restarts)])
         alpha, share = None, ()
-    result, ce, accuracy = _train_classifiers(population, x, u, [seed + k for k in kept],
-                                              num_steps, batch_size, learning_rate, device,
-                                              progress, alpha)
+    result, ce, accuracy, dropped_at = _train_classifiers(
+        population, x, u, [seed + k for k in kept], num_steps, batch_size, learning_rate,
+        device, progress, alpha)
+    live = np.flatnonzero(dropped_at < 0)
+    dropped = sorted(dropped + [kept[k] for k in np.flatnonzero(dropped_at >= 0)])
     with torch.no_grad():
         h = torch.cat([population(chunk.to(result.device), *share)[0].cpu()
                        for chunk in x.split(4096)], dim=1)  # (K, N, n)
+    agreement = np.full(len(kept), np.nan)
+    agreement[live] = _agreement(list(h[live]))
     if validation is not None:  # each restart's held-out cross-entropy per point
-        held_out = _cross_entropy(population, *validation, result.device, *share).tolist()
-    agreement = _agreement(list(h))
-    best = int(agreement.argmax()) if validation is None else int(np.argmin(held_out))
+        held_out = _cross_entropy(population, *validation, result.device, *share)
+        held_out[dropped_at >= 0] = np.nan
+        held_out = held_out.tolist()
+    best = int(np.nanargmax(agreement)) if validation is None else int(np.nanargmin(held_out))
     h = h[best]
     state = population.copy_state(best)
     model.load_state_dict({name[len("model."):]: value for name, value in state.items()
@@ -518,6 +568,7 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
         result.metrics["linear_loss"] = linear_loss.tolist()
         result.metrics["linear_kept"] = kept
     result.metrics["restart_agreement"] = agreement.tolist()
+    result.metrics["dropped_restarts"] = dropped
     if validation is not None:
         result.metrics["restart_validation_loss"] = held_out
     result.metrics["chosen_restart"] = [kept[best]]

@@ -241,6 +241,73 @@ def test_initialize_contrastive_keeps_the_restart_that_agrees_with_the_others(da
             np.testing.assert_allclose(result.losses, alone.losses, rtol=0, atol=1e-5)
 
 
+def _poisoned_classifiers(monkeypatch, seeds, how):
+    """Make initialize_contrastive's classifiers built with torch seeded by one of ``seeds``
+    diverge at their first step: a NaN cross-entropy (``how="loss"``), or a finite one whose
+    gradient is infinite (``how="gradient"``: a sqrt at 0 added to the logits)."""
+    from pyrocrl.inference import initialize
+
+    class Poisoned(initialize._EnvironmentClassifier):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bad = torch.initial_seed() in seeds
+            self.poison = torch.nn.Parameter(torch.tensor(0.0 if bad else 1.0))
+            if bad and how == "loss":
+                with torch.no_grad():
+                    self.offset.fill_(float("nan"))
+
+        def forward(self, x, alpha=None):
+            h, logits, penalty = super().forward(x, alpha)
+            return h, logits + torch.sqrt(self.poison), penalty
+
+    monkeypatch.setattr(initialize, "_EnvironmentClassifier", Poisoned)
+
+
+@pytest.mark.parametrize("how", ["loss", "gradient"])
+def test_initialize_contrastive_drops_a_diverged_restart(dag_data, monkeypatch, how):
+    """A restart whose cross-entropy or gradient turns non-finite is dropped; the others
+    train exactly as they would beside a healthy one, and one is kept. Only when all
+    diverge does it raise, and the model keeps its state."""
+    from pyrocrl.inference import NonFiniteLossError, initialize_contrastive
+    from pyrocrl.models import LatentCausalVAE
+
+    train, _ = dag_data
+    torch.manual_seed(0)
+    model = LatentCausalVAE(6, 3, 4, targets=train.info["targets"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    options = dict(num_steps=40, regression_steps=10, restarts=3, seed=0)
+    _poisoned_classifiers(monkeypatch, seeds=(), how=how)
+    healthy = initialize_contrastive(model, train.x, train.u, **options)
+    _poisoned_classifiers(monkeypatch, seeds=(1,), how=how)
+    model.load_state_dict(start)
+    what = "cross-entropy" if how == "loss" else "gradient"
+    with pytest.warns(RuntimeWarning, match=f"dropped restart with seed 1: its {what} is not "
+                                            f"finite at step 0"):
+        result = initialize_contrastive(model, train.x, train.u, **options)
+    assert result.metrics["dropped_restarts"] == [1] and healthy.metrics["dropped_restarts"] == []
+    agreement = result.metrics["restart_agreement"]
+    assert np.isnan(agreement[1]) and np.isfinite(agreement[0]) and np.isfinite(agreement[2])
+    assert result.metrics["chosen_restart"] == [int(np.nanargmax(agreement))] != [1]
+    for r in (0, 2):  # bit for bit the runs they were beside a healthy restart 1
+        assert result.metrics["restart_loss"][r] == healthy.metrics["restart_loss"][r]
+    assert np.isfinite(model.adjacency.detach().numpy()).all()
+    # the linear stage drops its diverged restarts before screening
+    model.load_state_dict(start)
+    with pytest.warns(RuntimeWarning, match="dropped linear-stage restart with seed 1"):
+        result = initialize_contrastive(model, train.x, train.u, linear_steps=10,
+                                        linear_restarts=3, **{**options, "restarts": 2})
+    assert np.isnan(result.metrics["linear_loss"][1])
+    assert result.metrics["linear_kept"] == [0, 2] and result.metrics["dropped_restarts"] == [1]
+    # every restart diverged: an error, and the model as before the call
+    _poisoned_classifiers(monkeypatch, seeds=(0, 1, 2), how=how)
+    model.load_state_dict(start)
+    with pytest.warns(RuntimeWarning), pytest.raises(
+            NonFiniteLossError, match=r"every restart diverged \(seeds \[0, 1, 2\]"):
+        initialize_contrastive(model, train.x, train.u, **options)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, start[name], rtol=0, atol=0)
+
+
 def test_initialize_contrastive_ranks_restarts_by_held_out_cross_entropy(dag_data):
     """With validation data the kept restart is the one whose classifier predicts the held-out
     environments best; each restart's held-out score is the single run's (seed r)."""

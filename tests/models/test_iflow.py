@@ -4,12 +4,13 @@ import warnings
 
 import arviz as az
 import numpy as np
+import pyro
 import pytest
 import torch
 
 from pyrocrl import diagnostics, simulate
 from pyrocrl.experiments import fit_and_score
-from pyrocrl.inference import fit_restarts, fit_svi, to_inference_data
+from pyrocrl.inference import NonFiniteLossError, fit_restarts, fit_svi, to_inference_data
 from pyrocrl.models import IdentifiabilityWarning, IFlow
 from pyrocrl.nn.flows import InvertibleLinear
 
@@ -140,6 +141,39 @@ def test_fit_restarts_keeps_the_restart_with_the_best_held_out_loss(data):
     # the returned model holds the chosen restart's best parameters
     held_out = -model.log_likelihood(val.x, val.u).mean().item()
     assert held_out == pytest.approx(scores[chosen], rel=1e-4)
+
+
+class _DivergingIFlow(IFlow):
+    """An IFlow whose loss turns NaN at its 6th step: a restart that diverges mid-run."""
+
+    calls = 0
+
+    def model(self, *args, **kwargs):
+        super().model(*args, **kwargs)
+        self.calls += 1
+        if self.calls > 5:
+            pyro.factor("diverged", torch.tensor(float("nan")))
+
+
+def test_fit_restarts_drops_a_diverged_restart_and_keeps_going(data):
+    train, val = data.split(0.8, seed=0)
+
+    def build():  # restart 1 (torch seeded with 0 + 1) diverges
+        return _DivergingIFlow(3, 3, 8) if torch.initial_seed() == 1 else IFlow(3, 3, 8)
+
+    options = dict(validation=(val.x, val.u), num_steps=20, batch_size=256,
+                   learning_rate=1e-2, log_every=10, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"dropped restart 1 \(seed 1\): .*loss is nan"):
+        model, result = fit_restarts(build, train.x, train.u, restarts=3, **options)
+    scores = result.metrics["restart_validation_loss"]
+    assert np.isnan(scores[1]) and np.isfinite(scores[0]) and np.isfinite(scores[2])
+    assert result.metrics["chosen_restart"][0] == int(np.nanargmin(scores))
+    assert type(model) is IFlow
+    assert np.isfinite(model.log_likelihood(val.x, val.u).mean().item())
+    with pytest.warns(RuntimeWarning), pytest.raises(NonFiniteLossError,
+                                                     match="all 2 restarts diverged"):
+        fit_restarts(lambda: _DivergingIFlow(3, 3, 8), train.x, train.u, restarts=2,
+                     **options)
 
 
 def test_fit_restarts_bad_input(data):
