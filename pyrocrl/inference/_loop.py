@@ -44,6 +44,7 @@ def train_minibatch(
     warmup_steps: int = 0,
     log_every: int = 100,
     after_step: Callable[[], None] | None = None,
+    repair_gradient: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Adam on ``loss_fn(batch, step)`` over shuffled minibatches of ``tensors``.
 
@@ -51,7 +52,9 @@ def train_minibatch(
     averaged over every ``log_every`` steps into ``FitResult.metrics``. The learning rate
     rises linearly over the first ``warmup_steps`` steps. The batch of a step depends only on
     ``(seed, step)``. A non-finite loss or gradient raises :class:`NonFiniteLossError` before
-    the optimizer moves, so the module keeps its last good parameters. ``after_step`` runs
+    the optimizer moves, so the module keeps its last good parameters; ``repair_gradient``,
+    if given, is first called on a non-finite gradient and may mend the gradients in place
+    (e.g. zero the slices of a diverged copy) and return ``True`` to go on. ``after_step`` runs
     after every optimizer step (e.g. to renormalise a dictionary). The module is left on
     ``device`` in eval mode; ``tensors`` are moved there batch by batch.
     """
@@ -86,6 +89,9 @@ def train_minibatch(
                 loss.backward()
                 grads = [p.grad for p in params if p.grad is not None]
                 grad_ok = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+                if not grad_ok and repair_gradient is not None and repair_gradient():
+                    grads = [p.grad for p in params if p.grad is not None]
+                    grad_ok = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
             if not math.isfinite(value) or not grad_ok:
                 what = f"loss is {value}" if not math.isfinite(value) else "gradient is not finite"
                 raise NonFiniteLossError(

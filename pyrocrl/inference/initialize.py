@@ -286,13 +286,16 @@ def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps
                 f"last at step {now['step']}). Try a smaller learning_rate or check the data; "
                 f"the model keeps its state from before the call.")
 
-    def zero_dropped(grad):  # a copy's gradient slice: kept while it lives, else zero
-        drop(~torch.isfinite(grad.reshape(len(grad), -1)).all(1), "gradient")
-        keep = alive.to(grad.device).view(-1, *(1,) * (grad.ndim - 1))
-        return torch.where(keep, grad, torch.zeros_like(grad))
-
-    hooks = ([p.register_hook(zero_dropped) for p in population.parameters()]
-             if population.num_copies > 1 else [])  # parameters stacked along K
+    def repair_gradient() -> bool:
+        """Only on a non-finite gradient: drop the copies it comes from (the parameters are
+        stacked along K) and zero their slices, also those of copies dropped before."""
+        grads = [p.grad for p in population.parameters() if p.grad is not None]
+        drop(torch.stack([~torch.isfinite(g.reshape(len(g), -1)).all(1) for g in grads]
+                         ).any(0), "gradient")
+        for g in grads:
+            keep = alive.to(g.device).view(-1, *(1,) * (g.ndim - 1))
+            g.copy_(torch.where(keep, g, torch.zeros_like(g)))
+        return True
 
     def loss_fn(batch, step):
         now["step"] = step
@@ -311,14 +314,11 @@ def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps
         drop(~torch.isfinite(loss.detach()), "cross-entropy")
         return torch.where(alive.to(device), loss, torch.zeros_like(loss)).sum(), {}
 
-    try:
-        result = train_minibatch(population, loss_fn, [x, u], caller="initialize_contrastive",
-                                 num_steps=num_steps, batch_size=batch_size,
-                                 learning_rate=learning_rate, seed=seeds[0], device=device,
-                                 progress=progress)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    result = train_minibatch(population, loss_fn, [x, u], caller="initialize_contrastive",
+                             num_steps=num_steps, batch_size=batch_size,
+                             learning_rate=learning_rate, seed=seeds[0], device=device,
+                             progress=progress,
+                             repair_gradient=repair_gradient if len(seeds) > 1 else None)
     ce, accuracy = (np.stack(values) for values in zip(*per_step))
     return result, ce, accuracy, dropped_at
 
