@@ -126,17 +126,14 @@ def test_disentangle_equals_linear_causal_disentanglement_of_the_encodings():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_recovers_latents_and_graph_with_linear_mixing(seed):
     """Issue 4's slow-tier check at small scale: 4 latents, one perfect intervention each,
-    linear mixing to 8 features. Asserted: MCC (latents matched by their known targets)
-    >= 0.85 and SHD <= 2 on each seed. Issue 4 asks for SHD <= 1: seed 2 ends at SHD 2 (one
-    missing, one weak extra edge; MCC 0.981), so that part is an imperative xfail — a
-    tripwire that turns into a pass when the graph stage improves."""
+    linear mixing to 8 features, the default recipe (3000 ELBO steps, then 6 disentangle
+    rounds). Asserted: MCC (latents matched by their known targets) >= 0.85 and SHD <= 1 on
+    each seed. Measured: SHD 0, 0, 1 here (seed 2 had SHD 2 with 3 rounds); over seeds 0-9,
+    SHD <= 1 on 8 (benchmarks/NOTES.md)."""
     ds = latent_dag(4, samples_per_env=4000, obs_dim=8, mixing="linear", seed=seed)
     train, test = ds.split(0.8, seed=seed)
     row = fit_latent_causal(train, test, num_steps=3000, seed=seed)
-    assert row["mcc_by_target"] >= 0.85 and row["shd"] <= 2, row["stages"]
-    if row["shd"] > 1:
-        pytest.xfail(f"SHD {row['shd']:.0f} > 1 (issue 4's target) on seed {seed}; "
-                     f"leakage per latent {np.round(row['leakage'], 2).tolist()}")
+    assert row["mcc_by_target"] >= 0.85 and row["shd"] <= 1, row["stages"]
 
 
 def test_fit_latent_causal_linear_and_contrastive_starts_run_and_check_init():
