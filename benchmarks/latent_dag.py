@@ -65,9 +65,13 @@ FULL = dict(num_latents=5, obs_dim=10, samples_per_env=4000, steps=5000, seeds=[
 QUICK = dict(num_latents=3, obs_dim=4, samples_per_env=300, steps=30, seeds=[0], mixings=[1],
              finetune_steps=10,
              lcd_sizes=[500], lcd_seeds=2)
-#: --init contrastive: fit_latent_causal options replacing the defaults above.
-CONTRASTIVE = dict(init="contrastive", init_steps=10000, init_restarts=5, rounds=0)
-CONTRASTIVE_QUICK = dict(init="contrastive", init_steps=20, init_restarts=2, rounds=0)
+#: --init contrastive: fit_latent_causal options replacing the defaults above. The SEM's
+#: support stays free through the ELBO stage (as in every stored contrastive row but the
+#: --keep-start-graph ones), although fit_latent_causal keeps the start's graph by default.
+CONTRASTIVE = dict(init="contrastive", init_steps=10000, init_restarts=5, rounds=0,
+                   keep_start_graph=False)
+CONTRASTIVE_QUICK = dict(init="contrastive", init_steps=20, init_restarts=2, rounds=0,
+                         keep_start_graph=False)
 #: --init-linear: the classifier starts with 2000 steps of affine features, 20 restarts
 #: screened to the 5 lowest cross-entropies, then 8000 steps with the network ramped in
 LINEAR_STAGE = dict(init_steps=8000, init_linear_steps=2000, init_linear_restarts=20)

@@ -96,10 +96,11 @@ fig.savefig("tutorials/figures/12_latent_graph.png", dpi=120)
 # decoder nor a log-determinant. With `init_restarts=5` (the restart whose features agree
 # best with the others' is kept) it gets most of the way through the 3-layer mixing of B7
 # (MCC 0.897 ± 0.022 on seeds 0-4, 0.862 ± 0.055 over seeds 0-9, against 0.647 from a
-# random start) but not to the graph (median SHD 5-6): see the README's B7 table. With
-# `keep_start_graph=True` the ELBO stage keeps the SEM to the classifier's graph
-# (`LatentCausalVAE.restrict_graph`), which is better: MCC 0.882 ± 0.048 and median SHD
-# 2.5 over seeds 0-9, the exact graph on 2 of them. The
+# random start) with the SEM's support left free in the ELBO stage, but not to the graph
+# (median SHD 5-6): see the README's B7 table. By default (`keep_start_graph`) the ELBO
+# stage keeps the SEM to the classifier's graph (`LatentCausalVAE.restrict_graph`), which
+# is better: MCC 0.882 ± 0.048 and median SHD 2.5 over seeds 0-9, the exact graph on 2 of
+# them. The
 # truth is the classifier's optimum: `benchmarks/contrastive_optimum.py` starts it at the
 # true latents, and it keeps them (MCC by target 0.973), while 25 random restarts end at
 # 0.45-0.91 with held-out cross-entropies within a few hundredths of a nat of the truth's —

@@ -187,12 +187,16 @@ def test_restrict_graph_holds_the_sem_to_the_given_edges():
 
 
 def test_fit_latent_causal_keeps_the_start_graph():
-    """keep_start_graph: the final graph's edges are a subset of the contrastive start's."""
+    """keep_start_graph (the default after the contrastive start): the final graph's edges
+    are a subset of the start's; the default is the same fit as keep_start_graph=True."""
     train, test = small().split(0.8, seed=0)
-    row = fit_latent_causal(train, test, num_steps=30, seed=0, rounds=0, init="contrastive",
-                            init_steps=400, keep_start_graph=True)
+    options = dict(num_steps=30, seed=0, rounds=0, init="contrastive", init_steps=400)
+    row = fit_latent_causal(train, test, **options)
     start = np.array(row["stages"]["contrastive"]["graph"]) != 0
     final = np.array(row["stages"]["elbo"]["graph"]) != 0
     assert start.any() and not (final & ~start).any()
+    explicit = fit_latent_causal(train, test, keep_start_graph=True, **options)
+    assert explicit["stages"]["elbo"]["graph"] == row["stages"]["elbo"]["graph"]
+    assert explicit["mcc"] == row["mcc"]
     with pytest.raises(ValueError, match="keep_start_graph=True needs init='contrastive'"):
         fit_latent_causal(train, test, num_steps=5, keep_start_graph=True)
