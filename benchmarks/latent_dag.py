@@ -32,6 +32,10 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         --seeds 0 1 2 3 4 5 6 7 8 9
         # -> results/latent_dag_contrastive_start_graph_mixing3_seeds0-1-2-3-4-5-6-7-8-9.json:
         #    the ELBO stage keeps the SEM's support at the contrastive start's graph
+    python benchmarks/latent_dag.py --init contrastive --keep-start-graph --leakage 1 \
+        --mixings 3 --seeds 0 1 2 3 4 5 6 7 8 9
+        # -> results/latent_dag_contrastive_start_graph_leakage1_mixing3_seeds0-...-9.json:
+        #    the same with LatentCausalVAE's leakage penalty (weight 1) in the ELBO stage
     python benchmarks/latent_dag.py --init contrastive --init-linear --mixings 3
         # -> results/latent_dag_contrastive_linear_stage_mixing3.json: the classifier first
         #    fits affine features (20 restarts, 2000 steps), the 5 lowest cross-entropies go
@@ -152,6 +156,9 @@ def main(argv=None):
     parser.add_argument("--keep-start-graph", action="store_true",
                         help="--init contrastive: the ELBO stage keeps the start's graph "
                              "(fit_latent_causal's keep_start_graph)")
+    parser.add_argument("--leakage", type=float, default=0.0,
+                        help="--init contrastive --keep-start-graph: LatentCausalVAE's leakage "
+                             "penalty weight in the ELBO stage")
     parser.add_argument("--init-linear", action="store_true",
                         help="--init contrastive: a linear stage first (see LINEAR_STAGE)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -177,10 +184,15 @@ def main(argv=None):
             recipe.update(LINEAR_STAGE_QUICK if args.quick else LINEAR_STAGE)
         if args.keep_start_graph:
             recipe["keep_start_graph"] = True
+        if args.leakage:
+            if not args.keep_start_graph:
+                parser.error("--leakage needs --keep-start-graph (the penalty reads the kept "
+                             "graph)")
+            recipe["leakage"] = args.leakage
     elif (args.init_sparsity or args.init_restarts or args.init_select or args.init_linear
-          or args.keep_start_graph):
-        parser.error("--init-sparsity, --init-restarts, --init-select, --init-linear and "
-                     "--keep-start-graph need --init contrastive")
+          or args.keep_start_graph or args.leakage):
+        parser.error("--init-sparsity, --init-restarts, --init-select, --init-linear, "
+                     "--keep-start-graph and --leakage need --init contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -211,6 +223,8 @@ def main(argv=None):
         name += "_linear_stage"
     if args.keep_start_graph:
         name += "_start_graph"
+    if args.leakage:
+        name += f"_leakage{args.leakage:g}"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     if args.seeds:

@@ -492,12 +492,16 @@ class LatentCausalVAE(ConditionalVAE):
         interventions: ``"perfect"`` or ``"soft"``.
         sparsity: :math:`\lambda_1`, per data point.
         acyclicity: :math:`\rho`, per data point.
+        leakage: weight, per data point, of :meth:`leakage_penalty` on each minibatch's
+            encoder means — once :meth:`restrict_graph` has fixed a graph, it pushes the
+            latents toward what that graph implies under the interventions (0: off).
         hidden_dim, num_layers, init_obs_scale, init_posterior_scale: as in :class:`IVAE`.
     """
 
     def __init__(self, obs_dim: int, latent_dim: int, num_envs: int, targets=None,
                  interventions: str = "perfect", sparsity: float = 1e-2,
-                 acyclicity: float = 1.0, hidden_dim: int = 64, num_layers: int = 3,
+                 acyclicity: float = 1.0, leakage: float = 0.0, hidden_dim: int = 64,
+                 num_layers: int = 3,
                  init_obs_scale: float = 0.02, init_posterior_scale: float = 0.05):
         super().__init__(obs_dim, latent_dim, num_envs, hidden_dim, num_layers, init_obs_scale,
                          init_posterior_scale)
@@ -519,17 +523,24 @@ class LatentCausalVAE(ConditionalVAE):
         if interventions not in ("perfect", "soft"):
             raise ValueError(f"LatentCausalVAE: interventions must be 'perfect' or 'soft', got "
                              f"{interventions!r}")
-        for name, value in (("sparsity", sparsity), ("acyclicity", acyclicity)):
+        for name, value in (("sparsity", sparsity), ("acyclicity", acyclicity),
+                            ("leakage", leakage)):
             if not value >= 0:
                 raise ValueError(f"LatentCausalVAE: {name} must be >= 0, got {value}")
+        if leakage and not (targets == -1).any():
+            raise ValueError(f"LatentCausalVAE: leakage > 0 compares environments with an "
+                             f"observational one, but targets has no -1: {targets.tolist()}")
         self.num_envs, self.interventions = num_envs, interventions
         self.sparsity, self.acyclicity = float(sparsity), float(acyclicity)
+        self.leakage = float(leakage)
         self.register_buffer("targets", targets)
         hit = torch.zeros(num_envs, n)
         rows = (targets >= 0).nonzero().flatten()
         hit[rows, targets[rows]] = 1.0
         self.register_buffer("hit", hit)  # (E, n): 1 where environment e intervenes on j
         self.register_buffer("off_diagonal", 1.0 - torch.eye(n))
+        # (E, n): 1 where latent k must not move in environment e (set by restrict_graph)
+        self.register_buffer("invariant", torch.zeros(num_envs, n))
         self.weights = nn.Parameter(torch.zeros(n, n))
         self.bias = nn.Parameter(torch.zeros(n))
         self.scale = PyroParam(torch.ones(n), constraint=constraints.positive)
@@ -581,10 +592,44 @@ class LatentCausalVAE(ConditionalVAE):
         w = self.adjacency
         return torch.linalg.matrix_exp(w * w).diagonal().sum() - w.shape[0]
 
+    def leakage_penalty(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        r"""How far latents ``z`` ``(N, n)`` (e.g. a minibatch's encoder means) break what
+        the restricted graph (:meth:`restrict_graph`) implies, summed over every
+        environment :math:`e` intervening on :math:`t` and every latent :math:`k` that is
+        neither :math:`t` nor a descendant of it:
+
+        .. math::
+            \frac{(\bar z_{k,e} - \bar z_{k,0})^2}{v_{k,0}}
+            + \Big(\log \frac{v_{k,e}}{v_{k,0}}\Big)^2
+            + \operatorname{corr}_e(z_t, z_k)^2,
+
+        with means :math:`\bar z` and variances :math:`v` per environment (0: the first
+        observational one). The first two terms: a non-descendant's distribution does not
+        change; the last (perfect interventions only): the intervened latent has no parents
+        left. Zero for every environment before :meth:`restrict_graph` is called."""
+        onehot = torch.nn.functional.one_hot(u, self.num_envs).to(z.dtype)  # (N, E)
+        count = onehot.sum(0)[:, None]  # (E, 1)
+        enough = (count >= 2).to(z.dtype)
+        count = count.clamp_min(1.0)
+        mean = onehot.T @ z / count  # (E, n)
+        var = (onehot.T @ z.square() / count - mean.square()).clamp_min(0.0) + 1e-4
+        obs = int((self.targets == -1).nonzero()[0, 0])
+        terms = ((mean - mean[obs]).square() / var[obs]
+                 + (var.log() - var[obs].log()).square())
+        if self.interventions == "perfect":
+            target = self.targets.clamp_min(0)  # (E,): -1 rows are masked by `invariant`
+            z_target = z.gather(1, target[u][:, None])  # (N, 1): each point's intervened latent
+            cross = onehot.T @ (z * z_target) / count  # (E, n)
+            mean_t, var_t = mean.gather(1, target[:, None]), var.gather(1, target[:, None])
+            terms = terms + (cross - mean * mean_t).square() / (var * var_t)
+        return (terms * self.invariant * enough).sum()
+
     def model(self, x, u=None, num_data=None):
         super().model(x, u, num_data)
         penalty = (self.sparsity * self.adjacency.abs().sum()
                    + self.acyclicity * self.acyclicity_penalty())
+        if self.leakage:
+            penalty = penalty + self.leakage * self.leakage_penalty(self.posterior(x, u)[0], u)
         pyro.factor("graph_penalty", -(num_data or x.shape[0]) * penalty)
 
     # -- stage 2: resolve the remaining linear ambiguity exactly ------------------------------
@@ -738,6 +783,14 @@ class LatentCausalVAE(ConditionalVAE):
                                device=self.off_diagonal.device)
         self.off_diagonal.copy_(mask)
         self.weights.mul_(mask)
+        digraph = nx.DiGraph(edges != 0)
+        invariant = torch.zeros_like(self.invariant)
+        for e, t in enumerate(self.targets.tolist()):
+            if t >= 0:
+                moved = nx.descendants(digraph, t) | {t}
+                invariant[e] = torch.tensor([float(k not in moved)
+                                             for k in range(self.latent_dim)])
+        self.invariant.copy_(invariant)
 
 
 # --------------------------------------------------------------------------------------------

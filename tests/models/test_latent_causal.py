@@ -200,3 +200,26 @@ def test_fit_latent_causal_keeps_the_start_graph():
     assert explicit["mcc"] == row["mcc"]
     with pytest.raises(ValueError, match="keep_start_graph=True needs init='contrastive'"):
         fit_latent_causal(train, test, num_steps=5, keep_start_graph=True)
+
+
+def test_leakage_penalty_is_small_for_the_true_latents_and_large_for_mixed_ones():
+    """leakage_penalty on the true latents of a chain 0 -> 1 -> 2 under the true graph is at
+    the sampling-noise level; mixing latent 2 into latent 0 (a latent that moves where its
+    non-ancestor is intervened on) raises it a hundredfold. Zero before restrict_graph."""
+    ds = latent_dag(3, graph="chain", samples_per_env=4000, obs_dim=6, seed=0)
+    model = LatentCausalVAE(6, 3, 4, targets=ds.info["targets"], leakage=1.0)
+    z, u = torch.as_tensor(ds.z, dtype=torch.float32), ds.u
+    assert model.leakage_penalty(z, u).item() == 0.0  # no graph restricted yet
+    model.restrict_graph(ds.graph)
+    # environment intervening on 1: latent 0 (not a descendant) must not move; on 2: 0 and 1
+    targets = ds.info["targets"]
+    expected = {-1: [0, 0, 0], 0: [0, 0, 0], 1: [1, 0, 0], 2: [1, 1, 0]}
+    assert model.invariant.tolist() == [expected[int(t)] for t in targets]
+    clean = model.leakage_penalty(z, u).item()
+    leaky = z.clone()
+    leaky[:, 0] += 0.5 * z[:, 2]
+    assert clean < 0.02 and model.leakage_penalty(leaky, u).item() > 100 * clean
+    with pytest.raises(ValueError, match="leakage must be >= 0"):
+        LatentCausalVAE(6, 3, 4, leakage=-1.0)
+    with pytest.raises(ValueError, match="targets has no -1"):
+        LatentCausalVAE(6, 3, 3, targets=[0, 1, 2], leakage=1.0)
