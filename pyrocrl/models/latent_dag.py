@@ -536,6 +536,9 @@ class LatentCausalVAE(ConditionalVAE):
         self.num_envs, self.interventions = num_envs, interventions
         self.sparsity, self.acyclicity = float(sparsity), float(acyclicity)
         self.leakage = float(leakage)
+        # the first observational environment (None without one): leakage_penalty's reference
+        observational = (targets == -1).nonzero().flatten().tolist()
+        self.observational_env = observational[0] if observational else None
         self.register_buffer("targets", targets)
         hit = torch.zeros(num_envs, n)
         rows = (targets >= 0).nonzero().flatten()
@@ -616,7 +619,10 @@ class LatentCausalVAE(ConditionalVAE):
         count = count.clamp_min(1.0)
         mean = onehot.T @ z / count  # (E, n)
         var = (onehot.T @ z.square() / count - mean.square()).clamp_min(0.0) + 1e-4
-        obs = int((self.targets == -1).nonzero()[0, 0])
+        obs = self.observational_env  # a Python int: no device sync per step
+        if obs is None:
+            raise ValueError(f"LatentCausalVAE.leakage_penalty: needs an observational "
+                             f"environment (a -1 in targets), got {self.targets.tolist()}")
         terms = ((mean - mean[obs]).square() / var[obs]
                  + (var.log() - var[obs].log()).square())
         if self.interventions == "perfect":

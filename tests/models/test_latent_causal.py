@@ -223,3 +223,5 @@ def test_leakage_penalty_is_small_for_the_true_latents_and_large_for_mixed_ones(
         LatentCausalVAE(6, 3, 4, leakage=-1.0)
     with pytest.raises(ValueError, match="targets has no -1"):
         LatentCausalVAE(6, 3, 3, targets=[0, 1, 2], leakage=1.0)
+    with pytest.raises(ValueError, match="needs an observational environment"):
+        LatentCausalVAE(6, 3, 3, targets=[0, 1, 2]).leakage_penalty(z, u.clamp_max(2))
