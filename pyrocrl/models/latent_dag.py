@@ -623,6 +623,7 @@ class LatentCausalVAE(ConditionalVAE):
         if obs is None:
             raise ValueError(f"LatentCausalVAE.leakage_penalty: needs an observational "
                              f"environment (a -1 in targets), got {self.targets.tolist()}")
+        enough = enough * enough[obs]  # no reference in this batch: no penalty
         terms = ((mean - mean[obs]).square() / var[obs]
                  + (var.log() - var[obs].log()).square())
         if self.interventions == "perfect":

@@ -219,6 +219,8 @@ def test_leakage_penalty_is_small_for_the_true_latents_and_large_for_mixed_ones(
     leaky = z.clone()
     leaky[:, 0] += 0.5 * z[:, 2]
     assert clean < 0.02 and model.leakage_penalty(leaky, u).item() > 100 * clean
+    observational = u == targets.tolist().index(-1)  # a batch without the reference: zero
+    assert model.leakage_penalty(leaky[~observational], u[~observational]).item() == 0.0
     with pytest.raises(ValueError, match="leakage must be >= 0"):
         LatentCausalVAE(6, 3, 4, leakage=-1.0)
     with pytest.raises(ValueError, match="targets has no -1"):
