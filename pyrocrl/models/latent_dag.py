@@ -530,15 +530,16 @@ class LatentCausalVAE(ConditionalVAE):
                             ("leakage", leakage)):
             if not value >= 0:
                 raise ValueError(f"LatentCausalVAE: {name} must be >= 0, got {value}")
-        if leakage and not (targets == -1).any():
+        # the first observational environment (None without one): the reference of
+        # leakage_penalty and standardized_adjacency
+        observational = (targets == -1).nonzero().flatten().tolist()
+        self.observational_env = observational[0] if observational else None
+        if leakage and self.observational_env is None:
             raise ValueError(f"LatentCausalVAE: leakage > 0 compares environments with an "
                              f"observational one, but targets has no -1: {targets.tolist()}")
         self.num_envs, self.interventions = num_envs, interventions
         self.sparsity, self.acyclicity = float(sparsity), float(acyclicity)
         self.leakage = float(leakage)
-        # the first observational environment (None without one): leakage_penalty's reference
-        observational = (targets == -1).nonzero().flatten().tolist()
-        self.observational_env = observational[0] if observational else None
         self.register_buffer("targets", targets)
         hit = torch.zeros(num_envs, n)
         rows = (targets >= 0).nonzero().flatten()
@@ -740,8 +741,7 @@ class LatentCausalVAE(ConditionalVAE):
         :math:`W_{ij} \sigma_i / \sigma_j` — invariant to the per-latent scaling that the
         latents are only identified up to."""
         weights, bias, scale = self.env_parameters()
-        observational = (self.targets == -1).nonzero().flatten()
-        e = int(observational[0]) if len(observational) else 0
+        e = 0 if self.observational_env is None else self.observational_env
         cov = LinearSEM(weights[e], bias[e], scale[e]).covariance_matrix
         sd = cov.diagonal().clamp_min(1e-12).sqrt()
         return (self.adjacency * sd[:, None] / sd[None, :]).cpu().numpy()
