@@ -46,7 +46,7 @@ class Run:
                 "device": self.fit.device,
                 **{key: self.fit.metrics[key] for key in
                    ("restart_validation_loss", "chosen_restart", "start_validation_loss",
-                    "chosen_start") if key in self.fit.metrics}}
+                    "chosen_start", "dropped_starts") if key in self.fit.metrics}}
 
 
 #: Training settings for IFlow's exact likelihood (the step size decays to a tenth over the
@@ -144,7 +144,8 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
     (:func:`~pyrocrl.inference.fit_restarts`); the time of all restarts is counted.
     ``model_options={"num_starts": K}`` (``"iflow"``) trains K starts side by side in one
     model on 90 % of ``train`` and keeps the one with the best likelihood on the other 10 %
-    (:meth:`~pyrocrl.models.IFlow.select_start`; ``init`` must be ``"random"``)."""
+    (:meth:`~pyrocrl.models.IFlow.select_start`; ``init`` must be ``"random"``); a start that
+    diverged in training is dropped (``fit.metrics["dropped_starts"]``) and never kept."""
     _check_init(init, "fit_and_score")
     check_positive_int("fit_and_score", "restarts", restarts)
     pyro.set_rng_seed(seed)
@@ -179,6 +180,7 @@ def fit_and_score(name: str, train: Dataset, test: Dataset, num_steps: int, seed
         model = build_model(name, train, **dict(model_options))
         result = fit_svi(model, *fit_inputs, num_steps=num_steps, seed=seed, device=device,
                          progress=progress, **options)
+        result.metrics["dropped_starts"] = model.dropped_starts  # diverged in training
         scores = model.select_start(*held_out_inputs)
         result.metrics["start_validation_loss"] = (-scores).tolist()
         result.metrics["chosen_start"] = [int(scores.argmax())]

@@ -730,9 +730,16 @@ def fit_svi(
     Returns:
         :class:`FitResult`.
 
+    A model that holds independent starts side by side (:class:`~pyrocrl.models.IFlow`'s
+    ``num_starts``) may define ``drop_diverged(*batch)``: on a non-finite loss or gradient
+    fit_svi calls it, and if it drops the starts responsible (a ``RuntimeWarning`` names
+    them) the step is recomputed without them and training goes on. Not with ``jit=True``
+    or ``strategy`` (a diverged start stops those runs as before).
+
     Raises:
-        NonFiniteLossError: the loss or gradient became NaN/inf; the model keeps the last good
-            parameters (also written to ``checkpoint``).
+        NonFiniteLossError: the loss or gradient became NaN/inf (for a model with
+            ``drop_diverged``: in every start); the model keeps the last good parameters
+            (also written to ``checkpoint``).
     """
     # ---- check everything before any training starts --------------------------------
     if not (callable(getattr(model, "model", None)) and callable(getattr(model, "guide", None))):
@@ -994,6 +1001,28 @@ def fit_svi(
                 yield to_device(reader.consistent(batch, f"the batch of step {step}"))
 
     # ---- train ------------------------------------------------------------------------
+    def forward_backward(args, rng_state):
+        """The step's loss (nan if a distribution refused invalid values) and, when finite,
+        its gradients in ``.grad`` and their global norm (unclipped)."""
+        try:
+            with _step_checks(validate_every_step, step == start):
+                loss = objective.loss(args)
+        except Exception as error:
+            # With validation on, a NaN reaches a distribution's parameters first.
+            if not (isinstance(error, ValueError) and "invalid values" in str(error)):
+                write_checkpoint(step, rng_state)  # e.g. a bad value in streamed data
+                raise
+            loss = torch.tensor(float("nan"))
+        value = loss.detach().item()
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(value):
+            return value, torch.tensor(float("nan"))
+        loss.backward()
+        return value, torch.nn.utils.get_total_norm([p.grad for p in params
+                                                     if p.grad is not None])
+
+    # a model of independent starts side by side (IFlow's num_starts) may drop diverged ones
+    drop = None if jit else getattr(model, "drop_diverged", None)
     bar = tqdm(total=num_steps, initial=start, disable=not progress, desc="fit_svi",
                dynamic_ncols=True, leave=False)
     stopped_early = False
@@ -1013,22 +1042,23 @@ def fit_svi(
             if learning_rate_decay != 1.0:
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate * learning_rate_decay ** (step / num_steps)
-            try:
-                with _step_checks(validate_every_step, step == start):
-                    loss = objective.loss(args)
-            except Exception as error:
-                # With validation on, a NaN reaches a distribution's parameters first.
-                if not (isinstance(error, ValueError) and "invalid values" in str(error)):
-                    write_checkpoint(step, step_rng)  # e.g. a bad value in streamed data
-                    raise
-                loss = torch.tensor(float("nan"))
-            value = loss.detach().item()
-            optimizer.zero_grad(set_to_none=True)
-            if math.isfinite(value):
-                loss.backward()
-                grads = [p.grad for p in params if p.grad is not None]
-                grad_norm = (torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                             if clip_norm is not None else torch.nn.utils.get_total_norm(grads))
+            loss_rng = torch.get_rng_state() if drop is not None else None
+            value, grad_norm = forward_backward(args, step_rng)
+            while drop is not None and not (math.isfinite(value) and torch.isfinite(grad_norm)):
+                dropped = drop(*args)  # None: nothing to drop, every start would be gone
+                if dropped is None or (not dropped and not math.isfinite(value)):
+                    break
+                if dropped:
+                    warnings.warn(f"fit_svi: {type(model).__name__} dropped start(s) {dropped}: "
+                                  f"their loss or gradient is not finite at step {step} "
+                                  f"(0-based, of {num_steps}); the others go on",
+                                  RuntimeWarning, stacklevel=2)
+                if math.isfinite(value):  # the dropped starts' gradients were zeroed in place
+                    grad_norm = torch.nn.utils.get_total_norm(
+                        [p.grad for p in params if p.grad is not None])
+                    break
+                torch.set_rng_state(loss_rng)  # the same noise, without them
+                value, grad_norm = forward_backward(args, step_rng)
             if not math.isfinite(value) or not torch.isfinite(grad_norm):
                 what = f"loss is {value}" if not math.isfinite(value) else "gradient is not finite"
                 write_checkpoint(step, step_rng)
@@ -1037,6 +1067,8 @@ def fit_svi(
                     f"fit_svi: {what} at step {step} (0-based, of {num_steps}); the parameters "
                     f"after step {step - 1} are kept in the model{saved_to}. Try a smaller "
                     f"learning_rate, clip_norm, kl_warmup, or check the data.")
+            if clip_norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(params, clip_norm, grad_norm)
             optimizer.step()
             losses.append(value / num_data)
             step += 1

@@ -793,14 +793,31 @@ class LatentCausalVAE(ConditionalVAE):
                                device=self.off_diagonal.device)
         self.off_diagonal.copy_(mask)
         self.weights.mul_(mask)
-        digraph = nx.DiGraph(edges != 0)
+        self.invariant.copy_(self._invariant_pairs(edges))
+
+    def _invariant_pairs(self, edges) -> torch.Tensor:
+        """``(E, n)``: 1 where latent k is neither environment e's target nor a descendant
+        of it in the DAG ``edges`` (0 in observational rows)."""
+        digraph = nx.DiGraph(np.asarray(edges) != 0)
+        digraph.add_nodes_from(range(self.latent_dim))
         invariant = torch.zeros_like(self.invariant)
         for e, t in enumerate(self.targets.tolist()):
             if t >= 0:
                 moved = nx.descendants(digraph, t) | {t}
                 invariant[e] = torch.tensor([float(k not in moved)
                                              for k in range(self.latent_dim)])
-        self.invariant.copy_(invariant)
+        return invariant
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts saved before `invariant` existed (2026-12-07): derive it from the saved
+        # support as restrict_graph would have (none while the support is unrestricted)
+        mask = state_dict.get(prefix + "off_diagonal")
+        if prefix + "invariant" not in state_dict and mask is not None:
+            unrestricted = torch.equal(mask.cpu(), 1.0 - torch.eye(self.latent_dim,
+                                                                   dtype=mask.dtype))
+            state_dict[prefix + "invariant"] = (torch.zeros_like(self.invariant) if unrestricted
+                                                else self._invariant_pairs(mask.cpu().numpy()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

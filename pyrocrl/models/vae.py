@@ -8,6 +8,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions import constraints
 from pyro.nn import PyroParam
 from torch.nn import functional as F
@@ -286,7 +287,11 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
     fraction of the cost of K separate fits, since a CPU step on B1-sized tensors is mostly
     overhead (measured, one thread, batch 1024, n = 5: 3.3 ms per step for one start, 11.5 ms
     for 16, 37 ms for 64; 21.6 ms for 64 on two threads); :meth:`select_start` then keeps the
-    start with the highest likelihood on held-out data.
+    start with the highest likelihood on held-out data. A start whose loss or gradient turns
+    non-finite is dropped (:meth:`drop_diverged`, with a ``RuntimeWarning`` from
+    :func:`~pyrocrl.inference.fit_svi`) while the others train on bit for bit as they would
+    have (tested); :meth:`select_start` never keeps it, and only when every start diverges
+    does training stop with :class:`~pyrocrl.inference.NonFiniteLossError`.
     ``fit_and_score("iflow", ..., model_options={"num_starts": K})`` does both
     (:func:`pyrocrl.inference.fit_restarts` restarts any model one after another).
     On B1 (5 sources, 40 domains, 3-layer mixing) 64 starts of 20 000 steps side by side
@@ -335,6 +340,14 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
         self.layers = leaky_relu_flow(latent_dim, num_layers, negative_slope, smoothness, copies)
         self.init_domain_prior(num_domains, learn_prior_mean,
                                () if copies is None else (copies,))
+        # starts still training; drop_diverged clears a start whose loss or gradient diverged
+        self.register_buffer("alive", torch.ones(num_starts, dtype=torch.bool))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts saved before `alive` existed (2026-12-07) had every start alive
+        if prefix + "alive" not in state_dict:
+            state_dict[prefix + "alive"] = torch.ones_like(self.alive)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_data(self, x, u=None):
         super().check_data(x, u)
@@ -351,8 +364,47 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
             if self.num_starts > 1:
                 plates.enter_context(pyro.plate("starts", self.num_starts, dim=-2,
                                                 device=x.device))
+                # a dropped start adds nothing (a select, so its NaN cannot leak into the sum)
+                plates.enter_context(poutine.mask(mask=self.alive[:, None]))
             plates.enter_context(self.data_plate(x.shape[0], num_data, x.device))
             pyro.sample("x", self.distribution(u), obs=x)
+
+    @torch.no_grad()
+    def drop_diverged(self, x, u=None, num_data=None) -> list[int] | None:
+        """:func:`~pyrocrl.inference.fit_svi` calls this on a non-finite loss or gradient
+        of the batch ``(x, u)``: the starts whose log-likelihood of the batch or whose
+        gradient (every parameter has a leading dimension of K starts) is not finite stop
+        training. Their loss is masked out of the sum from now on, their gradients are
+        zeroed, and their parameters are overwritten with a living start's, so that nothing
+        non-finite is computed for them again (no NaN in a backward pass, none in Pyro's
+        argument checks); the others go on exactly as they would have. Returns the starts
+        dropped now (``[]``: only gradients of earlier ones were zeroed), or ``None``,
+        changing nothing, when no start would be left."""
+        if self.num_starts == 1:
+            return None
+        with pyro.validation_enabled(False):  # NaN parameters are what is looked for
+            bad = ~torch.isfinite(self.distribution(u).log_prob(x)).all(-1)  # (K,)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        for g in grads:
+            bad |= ~torch.isfinite(g.reshape(self.num_starts, -1)).all(1)
+        alive = self.alive & ~bad
+        if not alive.any():
+            return None
+        dropped = (self.alive & bad).nonzero().flatten().tolist()
+        self.alive.copy_(alive)
+        donor = int(alive.nonzero()[0])
+        for p in self.parameters():
+            keep = alive.view(-1, *(1,) * (p.ndim - 1))
+            p.copy_(torch.where(keep, p, p[donor]))
+            if p.grad is not None:
+                p.grad.copy_(torch.where(keep, p.grad, torch.zeros_like(p.grad)))
+        return dropped
+
+    @property
+    def dropped_starts(self) -> list[int]:
+        """The starts that diverged during training and were dropped
+        (:meth:`drop_diverged`); :meth:`select_start` never keeps one."""
+        return (~self.alive).nonzero().flatten().tolist()
 
     def guide(self, x, u=None, num_data=None):
         """Empty: the latents are a deterministic function of ``x``."""
@@ -361,19 +413,24 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
     def select_start(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Keep the start with the highest mean log-likelihood of held-out ``(x, u)`` and drop
         the others (``num_starts`` becomes 1). Returns every start's mean held-out
-        log-likelihood, ``(K,)``; the kept index is its argmax (a start whose likelihood is
-        not finite is never kept)."""
+        log-likelihood, ``(K,)`` (NaN for a start dropped in training); the kept index is its
+        nan-argmax (a dropped start, or one whose likelihood is not finite, is never
+        kept)."""
         self.check_data(x, u)
         device = self.device
         scores = self.distribution(u.to(device)).log_prob(x.to(device)).mean(-1)
         scores = scores.reshape(self.num_starts).cpu()
+        scores[~self.alive.cpu()] = torch.nan
         finite = torch.isfinite(scores)
         if not finite.any():
-            raise ValueError("IFlow.select_start: no start has a finite held-out likelihood")
+            raise ValueError("IFlow.select_start: no start has a finite held-out likelihood"
+                             + (f" (dropped in training: {self.dropped_starts})"
+                                if self.dropped_starts else ""))
         if self.num_starts > 1:
             keep = int(torch.where(finite, scores, -torch.inf).argmax())
             for tensor in [*self.parameters(), *self.buffers()]:
                 tensor.data = tensor.data[keep].clone()
+            self.alive = torch.ones(1, dtype=torch.bool, device=self.alive.device)
             self.num_starts = 1
         return scores
 

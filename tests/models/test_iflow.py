@@ -1,5 +1,6 @@
 """IFlow: the exact likelihood of an invertible leaky-ReLU network with the iVAE prior."""
 
+import copy
 import warnings
 
 import arviz as az
@@ -243,6 +244,73 @@ def test_select_start_keeps_the_best_held_out_start_and_becomes_a_single_model(d
     assert to_inference_data(population, x, u, num_samples=2).posterior["z"].shape[:2] == (1, 2)
 
 
+class _StartDiverges(IFlow):
+    """An IFlow whose start ``start`` turns NaN at its ``at_call``-th model call (fit_svi's
+    first call collects parameters; its first step is the second call)."""
+
+    def __init__(self, *args, at_call, start, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.at_call, self.start = 0, at_call, start
+
+    def model(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at_call:
+            with torch.no_grad():
+                self.prior_scale_unconstrained[self.start] = float("nan")
+        super().model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("at_step", [0, 6])  # step 0: under Pyro's argument checks
+def test_a_diverged_start_is_dropped_and_the_others_train_on_unchanged(data, at_step):
+    options = dict(num_steps=20, batch_size=256, learning_rate=1e-2, seed=4, progress=False)
+    torch.manual_seed(2)
+    reference = IFlow(3, 3, 8, num_starts=3)
+    population = _StartDiverges(3, 3, 8, num_starts=3, at_call=at_step + 2, start=1)
+    population.load_state_dict(reference.state_dict())
+    fit_svi(reference, data.x, data.u, **options)
+    dropped = rf"_StartDiverges dropped start\(s\) \[1\]: .* step {at_step} "
+    with pytest.warns(RuntimeWarning, match=dropped):
+        result = fit_svi(population, data.x, data.u, **options)
+    assert population.dropped_starts == [1]
+    assert population.alive.tolist() == [True, False, True]
+    assert np.isfinite(result.losses).all() and len(result.losses) == 20
+    for mine, theirs in zip(population.parameters(), reference.parameters()):
+        for k in (0, 2):  # the same minibatches and gradients: bit for bit
+            assert torch.equal(mine[k], theirs[k])
+    # the dropped start is never the kept one
+    scores = population.select_start(data.x, data.u)
+    assert torch.isnan(scores[1]) and torch.isfinite(scores[[0, 2]]).all()
+    assert population.num_starts == 1 and population.alive.tolist() == [True]
+    assert population.dropped_starts == []
+
+
+def test_when_every_start_diverges_fit_svi_stops_and_keeps_the_model(data):
+    torch.manual_seed(3)
+    population = IFlow(3, 3, 8, num_starts=2)
+    fit_svi(population, data.x, data.u, num_steps=3, batch_size=256, progress=False)
+    with torch.no_grad():
+        population.layers[0].weight.mul_(1e30)  # every start's likelihood overflows
+    before = copy.deepcopy(population.state_dict())
+    with pytest.raises(NonFiniteLossError, match="at step 0"):
+        fit_svi(population, data.x, data.u, num_steps=5, batch_size=256, progress=False)
+    assert population.alive.all()
+    for key, value in population.state_dict().items():
+        assert torch.equal(value, before[key])
+    # one start has nothing to drop: the error of old
+    single = _StartDiverges(3, 3, 8, at_call=3, start=0)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 1"):
+        fit_svi(single, data.x, data.u, num_steps=4, progress=False)
+
+
+def test_a_state_dict_from_before_alive_loads(data):
+    population = IFlow(3, 3, 8, num_starts=2)
+    state = population.state_dict()
+    del state["alive"]
+    fresh = IFlow(3, 3, 8, num_starts=2)
+    fresh.load_state_dict(state)  # strict
+    assert fresh.alive.tolist() == [True, True]
+
+
 def test_num_starts_bad_input(data):
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="num_starts"):
@@ -255,6 +323,7 @@ def test_fit_and_score_trains_starts_side_by_side_and_keeps_the_held_out_best(da
                         model_options={"num_starts": 3})
     scores = run.fit.metrics["start_validation_loss"]
     assert len(scores) == 3 and run.fit.metrics["chosen_start"] == [int(np.argmin(scores))]
+    assert run.fit.metrics["dropped_starts"] == []
     assert run.model.num_starts == 1 and run.z_est.shape == test.z.shape
     assert run.summary()["chosen_start"] == run.fit.metrics["chosen_start"]
     # the held-out 10 % of train that chose the start: its loss is the kept model's

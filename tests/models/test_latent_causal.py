@@ -221,6 +221,17 @@ def test_leakage_penalty_is_small_for_the_true_latents_and_large_for_mixed_ones(
     assert clean < 0.02 and model.leakage_penalty(leaky, u).item() > 100 * clean
     observational = u == targets.tolist().index(-1)  # a batch without the reference: zero
     assert model.leakage_penalty(leaky[~observational], u[~observational]).item() == 0.0
+    # a state dict saved before `invariant` existed loads strictly, with the same pairs
+    for restricted in (True, False):
+        old = LatentCausalVAE(6, 3, 4, targets=targets)
+        if restricted:
+            old.restrict_graph(ds.graph)
+        state = old.state_dict()
+        del state["invariant"]
+        fresh = LatentCausalVAE(6, 3, 4, targets=targets, leakage=1.0)
+        fresh.load_state_dict(state)
+        assert torch.equal(fresh.invariant, old.invariant)
+        assert fresh.invariant.any() == restricted
     with pytest.raises(ValueError, match="leakage must be >= 0"):
         LatentCausalVAE(6, 3, 4, leakage=-1.0)
     with pytest.raises(ValueError, match="targets has no -1"):
