@@ -122,7 +122,9 @@ fig.savefig("tutorials/figures/01_latents.png", dpi=110)
 # likelihood has local optima, so `IFlow(..., num_starts=K)` trains K random starts side by
 # side in one vectorized model (for tensors this small a CPU step costs about the same for
 # one start as for eight) on 90 % of the training data, and `select_start` keeps the one with
-# the best likelihood on the other 10 % (never ground truth); `fit_and_score` does both.
+# the best likelihood on the other 10 % (never ground truth); `fit_and_score` does both. A
+# start whose loss or gradient turns non-finite is dropped with a warning while the others
+# train on unchanged, and is never the one kept (`fit.metrics["dropped_starts"]`).
 
 # %%
 deep = simulate.nonstationary_sources(num_latents=3, num_domains=20, mixing_layers=3,
@@ -136,7 +138,8 @@ deep_runs = {  # fit_and_score trains IFlow with experiments.IFLOW_FIT (batch 10
 }
 flow = deep_runs["iflow"]
 print("each start's held-out NLL:",
-      sorted(round(v, 3) for v in flow.fit.metrics["start_validation_loss"]))
+      sorted(round(v, 3) for v in flow.fit.metrics["start_validation_loss"]),
+      "dropped in training:", flow.fit.metrics["dropped_starts"])
 flow_loglik = float(flow.model.log_likelihood(deep_test.x, deep_test.u).mean())
 print(f"IFlow held-out log p(x|u) {flow_loglik:.3f}, "
       f"truth {float(simulate.exact_log_prob(deep_test).mean()):.3f}")
