@@ -159,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--leakage", type=float, default=0.0,
                         help="--init contrastive --keep-start-graph: LatentCausalVAE's leakage "
                              "penalty weight in the ELBO stage")
+    parser.add_argument("--reclassify", type=int, default=0,
+                        help="--init contrastive: classification steps of a second start from "
+                             "the ELBO stage's encodings (fit_latent_causal's reclassify_steps)")
     parser.add_argument("--init-linear", action="store_true",
                         help="--init contrastive: a linear stage first (see LINEAR_STAGE)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -189,10 +192,12 @@ def main(argv=None):
                 parser.error("--leakage needs --keep-start-graph (the penalty reads the kept "
                              "graph)")
             recipe["leakage"] = args.leakage
+        if args.reclassify:
+            recipe["reclassify_steps"] = args.reclassify
     elif (args.init_sparsity or args.init_restarts or args.init_select or args.init_linear
-          or args.keep_start_graph or args.leakage):
+          or args.keep_start_graph or args.leakage or args.reclassify):
         parser.error("--init-sparsity, --init-restarts, --init-select, --init-linear, "
-                     "--keep-start-graph and --leakage need --init contrastive")
+                     "--keep-start-graph, --leakage and --reclassify need --init contrastive")
 
     runs = []
     for layers in size["mixings"]:
@@ -225,6 +230,8 @@ def main(argv=None):
         name += "_start_graph"
     if args.leakage:
         name += f"_leakage{args.leakage:g}"
+    if args.reclassify:
+        name += f"_reclassify{args.reclassify}"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     if args.seeds:

@@ -323,6 +323,36 @@ def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps
     return result, ce, accuracy, dropped_at
 
 
+def _start_features(population: SideBySide, x, u, start_at, seeds: list[int], start_steps: int,
+                    prior_steps: int, batch_size: int, learning_rate: float, device,
+                    progress: bool) -> None:
+    """Regress every copy's feature network onto the standardized ``start_at``, then fit
+    the prior and offsets with the features frozen (:func:`initialize_contrastive`'s
+    ``start_at``)."""
+    target = start_at.detach().to(x.dtype)
+    target = (target - target.mean(0)) / target.std(0).clamp_min(1e-8)
+
+    def regression(batch, step):
+        h = population(batch[0])[0]  # (K, B, n): every copy on the same minibatch
+        return (h - batch[1]).square().mean((1, 2)).sum(), {}
+
+    train_minibatch(population, regression, [x, target], caller="initialize_contrastive",
+                    num_steps=start_steps, batch_size=batch_size, learning_rate=learning_rate,
+                    seed=seeds[0], device=device, progress=progress)
+    names = ([name for name, _ in population.single.named_parameters()]
+             if population.num_copies == 1 else population._param_names)
+    features = [p for name, p in zip(names, population.parameters())
+                if name.startswith("features.")]
+    for p in features:
+        p.requires_grad_(False)
+    try:
+        _train_classifiers(population, x, u, seeds, prior_steps, batch_size, 1e-2,
+                           device, progress, stage="prior-stage ")
+    finally:
+        for p in features:
+            p.requires_grad_(True)
+
+
 @torch.no_grad()
 def _cross_entropy(population: SideBySide, x, u, device, *share) -> np.ndarray:
     """Each copy's cross-entropy of ``u`` given ``x``, nats per point, ``(K,)``."""
@@ -352,8 +382,9 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
                            device: str | torch.device = "auto", progress: bool = False,
                            validation: tuple[torch.Tensor, torch.Tensor] | None = None,
                            linear_steps: int = 0, linear_restarts: int | None = None,
-                           ramp_steps: int = 3000, linear_learning_rate: float = 1e-2
-                           ) -> FitResult:
+                           ramp_steps: int = 3000, linear_learning_rate: float = 1e-2,
+                           start_at: torch.Tensor | None = None, start_steps: int = 3000,
+                           prior_steps: int = 2000) -> FitResult:
     r"""Start ``model`` at the latents that tell its environments apart.
 
     For an injective mixing :math:`x = f(z)` with inverse :math:`g`,
@@ -441,6 +472,15 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     learned prior means, 0.57 (1500 steps) and 0.50 (6000 steps) with
     ``learn_prior_mean=False``.
 
+    ``start_at`` (``(N, latent_dim)`` latents of ``x``, e.g. a fitted model's encoder means;
+    no ground truth) starts every restart's feature network there instead of at random: it
+    is regressed onto the standardized ``start_at`` for ``start_steps`` steps, the prior and
+    offsets are then fitted with the features frozen for ``prior_steps`` steps (Adam 1e-2),
+    and the classification runs as above. Classification from a good start climbs toward the
+    identified solution that random starts miss (``fit_latent_causal``'s
+    ``reclassify_steps``: on B7 through the 3-layer mixing it restarts the classifier from
+    the ELBO stage's encodings; ``benchmarks/NOTES.md``). Not with ``linear_steps``.
+
     ``model`` needs ``prior(u, z)`` (a distribution over ``latent_dim``-vectors with
     batch ``u.shape``), ``num_domains`` and what :func:`initialize_at` needs. Returns the
     classification's :class:`FitResult` (``losses``: cross-entropy in nats per point;
@@ -479,6 +519,18 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
                              f"number, got {linear_learning_rate!r}")
     if not sparsity >= 0:
         raise ValueError(f"initialize_contrastive: sparsity must be >= 0, got {sparsity!r}")
+    if start_at is not None:
+        expected = (x.shape[0], int(model.latent_dim))
+        if (not isinstance(start_at, torch.Tensor) or tuple(start_at.shape) != expected
+                or not torch.isfinite(start_at).all()):
+            raise ValueError(f"initialize_contrastive: start_at must be a finite tensor of shape "
+                             f"{expected} (x's rows, latent_dim), got "
+                             f"{getattr(start_at, 'shape', type(start_at))}")
+        if linear_steps:
+            raise ValueError("initialize_contrastive: start_at replaces the random start; it "
+                             "takes no linear stage (linear_steps must be 0)")
+        check_positive_int("initialize_contrastive", "start_steps", start_steps)
+        check_positive_int("initialize_contrastive", "prior_steps", prior_steps)
     if sparsity:
         _require(model, ("adjacency",), "initialize_contrastive",
                  "a weighted adjacency for sparsity > 0")
@@ -530,6 +582,10 @@ def initialize_contrastive(model, x: torch.Tensor, u: torch.Tensor, num_steps: i
     else:
         population = SideBySide([classifier(r, num_layers) for r in range(restarts)])
         alpha, share = None, ()
+        if start_at is not None:
+            _start_features(population, x, u, start_at, [seed + r for r in range(restarts)],
+                            start_steps, prior_steps, batch_size, learning_rate, device,
+                            progress)
     result, ce, accuracy, dropped_at = _train_classifiers(
         population, x, u, [seed + k for k in kept], num_steps, batch_size, learning_rate,
         device, progress, alpha)

@@ -202,6 +202,24 @@ def test_fit_latent_causal_keeps_the_start_graph():
         fit_latent_causal(train, test, num_steps=5, keep_start_graph=True)
 
 
+def test_fit_latent_causal_reclassify_starts_a_second_classifier_from_the_encodings():
+    """reclassify_steps: after the ELBO stage a fresh model is started from the encodings,
+    inside the ELBO stage's graph, and trained on; its stages are scored and it is returned."""
+    train, test = small().split(0.8, seed=0)
+    row = fit_latent_causal(train, test, num_steps=30, seed=0, rounds=0, init="contrastive",
+                            init_steps=200, finetune_steps=20, reclassify_steps=50)
+    assert list(row["stages"]) == ["contrastive", "elbo", "reclassified", "reclassified_elbo"]
+    assert row["mcc"] == row["stages"]["reclassified_elbo"]["mcc"]
+    elbo = np.array(row["stages"]["elbo"]["graph"]) != 0
+    final = np.array(row["stages"]["reclassified_elbo"]["graph"]) != 0
+    assert not (final & ~elbo).any()  # the support stays inside the ELBO stage's graph
+    assert np.array_equal(row["model"].graph() != 0, final)
+    with pytest.raises(ValueError, match="reclassify_steps > 0 needs init='contrastive'"):
+        fit_latent_causal(train, test, num_steps=5, reclassify_steps=5)
+    with pytest.raises(ValueError, match="reclassify_steps must be an int >= 0"):
+        fit_latent_causal(train, test, num_steps=5, init="contrastive", reclassify_steps=-1)
+
+
 def test_leakage_penalty_is_small_for_the_true_latents_and_large_for_mixed_ones():
     """leakage_penalty on the true latents of a chain 0 -> 1 -> 2 under the true graph is at
     the sampling-noise level; mixing latent 2 into latent 0 (a latent that moves where its
