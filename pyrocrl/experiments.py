@@ -364,8 +364,9 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     ``finetune_steps`` ELBO steps (stage ``"reclassified_elbo"``) before any rounds; the
     returned model is that one. On B7 through the 3-layer mixing (``reclassify_steps=2500``,
     seeds 0-9) MCC by target rose by 0.025 ± 0.025 (on 8 of 10 seeds) and the median SHD
-    fell from 2.5 to 1.5, at about 1.35x the fit time; off by default until a second
-    setting confirms it (README, ``benchmarks/NOTES.md``).
+    fell from 2.5 to 1.5, at about 1.35x the fit time; on the linear mixing (seeds 0-4) it
+    helped one seed and left the graphs as they were, so it is off by default (README,
+    ``benchmarks/NOTES.md``).
     """
     _check_init(init, "fit_latent_causal")
     if keep_start_graph is None:
