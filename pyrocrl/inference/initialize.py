@@ -25,6 +25,7 @@ from pyrocrl.diagnostics import mcc
 from pyrocrl.inference._loop import check_training_args, train_minibatch
 from pyrocrl.inference.svi import FitResult, NonFiniteLossError, _Batches
 from pyrocrl.nn import SideBySide, mlp
+from pyrocrl.nn.side_by_side import keep_copies
 
 
 @dataclass
@@ -293,8 +294,7 @@ def _train_classifiers(population: SideBySide, x, u, seeds: list[int], num_steps
         drop(torch.stack([~torch.isfinite(g.reshape(len(g), -1)).all(1) for g in grads]
                          ).any(0), "gradient")
         for g in grads:
-            keep = alive.to(g.device).view(-1, *(1,) * (g.ndim - 1))
-            g.copy_(torch.where(keep, g, torch.zeros_like(g)))
+            g.copy_(keep_copies(g, alive, 0.0))
         return True
 
     def loss_fn(batch, step):

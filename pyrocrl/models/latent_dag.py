@@ -810,13 +810,11 @@ class LatentCausalVAE(ConditionalVAE):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # state dicts saved before `invariant` existed (2026-12-07): derive it from the saved
-        # support as restrict_graph would have (none while the support is unrestricted)
+        # support as restrict_graph would have (an unrestricted support gives no pairs: every
+        # latent is then a descendant of every other)
         mask = state_dict.get(prefix + "off_diagonal")
         if prefix + "invariant" not in state_dict and mask is not None:
-            unrestricted = torch.equal(mask.cpu(), 1.0 - torch.eye(self.latent_dim,
-                                                                   dtype=mask.dtype))
-            state_dict[prefix + "invariant"] = (torch.zeros_like(self.invariant) if unrestricted
-                                                else self._invariant_pairs(mask.cpu().numpy()))
+            state_dict[prefix + "invariant"] = self._invariant_pairs(mask.cpu().numpy())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -17,6 +17,7 @@ from pyrocrl._checks import check_positive_int
 from pyrocrl.models.base import LatentVariableModel, warn_if_too_few_domains
 from pyrocrl.nn import mlp
 from pyrocrl.nn.flows import leaky_relu_flow
+from pyrocrl.nn.side_by_side import keep_copies
 
 
 class _GaussianVAE(LatentVariableModel):
@@ -394,10 +395,9 @@ class IFlow(DomainGaussianPrior, LatentVariableModel):
         self.alive.copy_(alive)
         donor = int(alive.nonzero()[0])
         for p in self.parameters():
-            keep = alive.view(-1, *(1,) * (p.ndim - 1))
-            p.copy_(torch.where(keep, p, p[donor]))
+            p.copy_(keep_copies(p, alive, p[donor]))
             if p.grad is not None:
-                p.grad.copy_(torch.where(keep, p.grad, torch.zeros_like(p.grad)))
+                p.grad.copy_(keep_copies(p.grad, alive, 0.0))
         return dropped
 
     @property

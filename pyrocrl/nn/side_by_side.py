@@ -110,3 +110,11 @@ def _unsqueeze(out):
     if isinstance(out, torch.Tensor):
         return out.unsqueeze(0)
     return type(out)(_unsqueeze(o) for o in out)
+
+
+def keep_copies(tensor: torch.Tensor, alive: torch.Tensor, other) -> torch.Tensor:
+    """``tensor`` (leading dimension K copies) where ``alive`` ``(K,)`` is true, ``other``
+    (broadcast) elsewhere: e.g. a diverged copy's gradient slice set to zero. A select, so a
+    NaN in a dropped slice does not spread."""
+    keep = alive.to(tensor.device).view(-1, *(1,) * (tensor.ndim - 1))
+    return torch.where(keep, tensor, other)
