@@ -328,7 +328,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                       init_restarts: int = 1, init_sparsity: float = 0.0,
                       init_select: str = "agreement", init_linear_steps: int = 0,
                       init_linear_restarts: int | None = None, keep_start_graph: bool | None = None,
-                      reclassify_steps: int = 0, **model_options) -> dict:
+                      reclassify_steps: int | None = None, **model_options) -> dict:
     """Fit a :class:`~pyrocrl.models.LatentCausalVAE` with the data set's known targets:
     ELBO training for ``num_steps``, then ``rounds`` times :meth:`disentangle` on the
     training data, with ``finetune_steps`` of ELBO training between rounds (each ELBO pass
@@ -359,14 +359,17 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     ``reclassify_steps`` > 0 (with ``init="contrastive"``) then starts the classifier again,
     from the ELBO stage's encodings of ``train`` (label-free): a fresh model, restricted to
     the ELBO stage's graph where ``keep_start_graph``, is started by
-    :func:`~pyrocrl.inference.initialize_contrastive` with ``start_at`` those encodings and
-    ``reclassify_steps`` classification steps (stage ``"reclassified"``), then trained for
-    ``finetune_steps`` ELBO steps (stage ``"reclassified_elbo"``) before any rounds; the
-    returned model is that one. On B7 through the 3-layer mixing (``reclassify_steps=2500``,
-    seeds 0-9) MCC by target rose by 0.025 ± 0.025 (on 8 of 10 seeds) and the median SHD
-    fell from 2.5 to 1.5, at about 1.35x the fit time; on the linear mixing (seeds 0-4) it
-    helped one seed and left the graphs as they were, so it is off by default (README,
-    ``benchmarks/NOTES.md``).
+    :func:`~pyrocrl.inference.initialize_contrastive` with ``start_at`` those encodings (its
+    ``start_steps``, ``prior_steps`` and ``regression_steps`` at most ``init_steps``: 3000,
+    2000 and 3000 from ``init_steps`` = 3000 on) and ``reclassify_steps`` classification
+    steps (stage ``"reclassified"``), then trained for ``finetune_steps`` ELBO steps (stage
+    ``"reclassified_elbo"``) before any rounds; the returned model is that one. The default,
+    ``None``, is ``min(2500, init_steps)`` after the contrastive start and 0 otherwise. On B7
+    through the 3-layer mixing (``reclassify_steps=2500``, seeds 0-19) MCC by target rose by
+    0.026 ± 0.037 (on 16 of 20 seeds; 0.025 on seeds 0-9, where it was chosen, and 0.026 on
+    fresh seeds 10-19) and the median SHD fell from 3 to 2, at about 1.35x the fit time
+    (seeds 0-9); on the linear mixing (seeds 0-4) it helped one seed and left the graphs as
+    they were (README, ``benchmarks/NOTES.md``). ``reclassify_steps`` (resolved) is in the result.
     """
     _check_init(init, "fit_latent_causal")
     if keep_start_graph is None:
@@ -374,6 +377,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     if keep_start_graph and init != "contrastive":
         raise ValueError(f"fit_latent_causal: keep_start_graph=True needs init='contrastive' "
                          f"(the start whose SEM prior gives the graph), got init={init!r}")
+    if reclassify_steps is None:
+        reclassify_steps = min(2500, init_steps) if init == "contrastive" else 0
     if not (isinstance(reclassify_steps, int) and reclassify_steps >= 0):
         raise ValueError(f"fit_latent_causal: reclassify_steps must be an int >= 0, got "
                          f"{reclassify_steps!r}")
@@ -433,7 +438,10 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
         if keep_start_graph:
             model.restrict_graph(graph)
         initialize_contrastive(model, train.x, train.u, num_steps=reclassify_steps,
-                               seed=seed + 1000, device=device, start_at=latents)
+                               seed=seed + 1000, device=device, start_at=latents,
+                               start_steps=min(3000, init_steps),
+                               prior_steps=min(2000, init_steps),
+                               regression_steps=min(3000, init_steps))
         score("reclassified")
         fit = fit_svi(model, train.x, train.u, num_steps=finetune_steps, seed=seed + 1000,
                       **options)
@@ -446,8 +454,8 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     final = (stages[f"round{rounds}"] if rounds else
              stages["reclassified_elbo"] if reclassify_steps else stages["elbo"])
     return {"seed": seed, **{k: v for k, v in final.items() if k != "graph"},
-            "stages": stages, "fit_seconds": time.perf_counter() - t0,
-            "device": fit.device, "model": model}
+            "reclassify_steps": reclassify_steps, "stages": stages,
+            "fit_seconds": time.perf_counter() - t0, "device": fit.device, "model": model}
 
 
 def fit_factor_analysis(train: Dataset, test: Dataset, anchors=None, seed: int = 0,

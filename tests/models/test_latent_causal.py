@@ -144,12 +144,13 @@ def test_fit_latent_causal_linear_and_contrastive_starts_run_and_check_init():
     assert 0.0 <= row["mcc"] <= 1.0 and "elbo" in row["stages"]
     # the contrastive start is scored as a stage of its own, before the ELBO
     row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=0, init="contrastive",
-                            init_steps=50)
+                            init_steps=50, reclassify_steps=0)
     assert list(row["stages"]) == ["contrastive", "elbo"]
     assert row["mcc"] == row["stages"]["elbo"]["mcc"]  # no rounds: the ELBO stage is final
     # restarts ranked on held-out cross-entropy: the scores and the kept one are recorded
     row = fit_latent_causal(train, test, num_steps=20, seed=0, rounds=0, init="contrastive",
-                            init_steps=30, init_restarts=2, init_select="validation")
+                            init_steps=30, init_restarts=2, init_select="validation",
+                            reclassify_steps=0)
     start = row["stages"]["contrastive"]
     scores = start["restart_validation_loss"]
     assert len(scores) == 2 and start["chosen_restart"] == [int(np.argmin(scores))]
@@ -190,7 +191,8 @@ def test_fit_latent_causal_keeps_the_start_graph():
     """keep_start_graph (the default after the contrastive start): the final graph's edges
     are a subset of the start's; the default is the same fit as keep_start_graph=True."""
     train, test = small().split(0.8, seed=0)
-    options = dict(num_steps=30, seed=0, rounds=0, init="contrastive", init_steps=400)
+    options = dict(num_steps=30, seed=0, rounds=0, init="contrastive", init_steps=400,
+                   reclassify_steps=0)
     row = fit_latent_causal(train, test, **options)
     start = np.array(row["stages"]["contrastive"]["graph"]) != 0
     final = np.array(row["stages"]["elbo"]["graph"]) != 0
@@ -204,16 +206,22 @@ def test_fit_latent_causal_keeps_the_start_graph():
 
 def test_fit_latent_causal_reclassify_starts_a_second_classifier_from_the_encodings():
     """reclassify_steps: after the ELBO stage a fresh model is started from the encodings,
-    inside the ELBO stage's graph, and trained on; its stages are scored and it is returned."""
+    inside the ELBO stage's graph, and trained on; its stages are scored and it is returned.
+    After the contrastive start it is on by default, min(2500, init_steps) steps."""
     train, test = small().split(0.8, seed=0)
-    row = fit_latent_causal(train, test, num_steps=30, seed=0, rounds=0, init="contrastive",
-                            init_steps=200, finetune_steps=20, reclassify_steps=50)
+    options = dict(num_steps=30, seed=0, rounds=0, init="contrastive", init_steps=200,
+                   finetune_steps=20)
+    row = fit_latent_causal(train, test, **options)
+    assert row["reclassify_steps"] == 200
     assert list(row["stages"]) == ["contrastive", "elbo", "reclassified", "reclassified_elbo"]
+    explicit = fit_latent_causal(train, test, reclassify_steps=200, **options)
+    assert explicit["mcc"] == row["mcc"] and explicit["shd"] == row["shd"]
     assert row["mcc"] == row["stages"]["reclassified_elbo"]["mcc"]
     elbo = np.array(row["stages"]["elbo"]["graph"]) != 0
     final = np.array(row["stages"]["reclassified_elbo"]["graph"]) != 0
     assert not (final & ~elbo).any()  # the support stays inside the ELBO stage's graph
     assert np.array_equal(row["model"].graph() != 0, final)
+    assert fit_latent_causal(train, test, num_steps=5, rounds=1)["reclassify_steps"] == 0
     with pytest.raises(ValueError, match="reclassify_steps > 0 needs init='contrastive'"):
         fit_latent_causal(train, test, num_steps=5, reclassify_steps=5)
     with pytest.raises(ValueError, match="reclassify_steps must be an int >= 0"):
