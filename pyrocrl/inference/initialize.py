@@ -339,9 +339,7 @@ def _start_features(population: SideBySide, x, u, start_at, seeds: list[int], st
     train_minibatch(population, regression, [x, target], caller="initialize_contrastive",
                     num_steps=start_steps, batch_size=batch_size, learning_rate=learning_rate,
                     seed=seeds[0], device=device, progress=progress)
-    names = ([name for name, _ in population.single.named_parameters()]
-             if population.num_copies == 1 else population._param_names)
-    features = [p for name, p in zip(names, population.parameters())
+    features = [p for name, p in population.named_copy_parameters()
                 if name.startswith("features.")]
     for p in features:
         p.requires_grad_(False)

@@ -92,6 +92,14 @@ class SideBySide(nn.Module):
         with pyro.validation_enabled(False):
             return vmap(one, in_dims=in_dims)(*self._state(), *args)
 
+    def named_copy_parameters(self):
+        """``(name, parameter)`` pairs by the original modules' parameter names: with K > 1
+        each parameter is the stacked one (leading dimension K), with K = 1 the single
+        copy's own. E.g. to freeze one submodule in every copy."""
+        if self.num_copies == 1:
+            return list(self.single.named_parameters())
+        return list(zip(self._param_names, self.stacked))
+
     @torch.no_grad()
     def copy_state(self, index: int) -> dict[str, torch.Tensor]:
         """The state (parameters and buffers, by their original names) of copy ``index``."""

@@ -108,3 +108,17 @@ def test_one_copy_is_the_module_itself_with_a_leading_dimension():
     state = population.copy_state(0)
     assert set(state) == set(net.state_dict())
     assert not torch.equal(state["0.weight"], net.state_dict()["0.weight"])
+
+
+def test_named_copy_parameters_use_the_original_names():
+    nets = _nets(3)
+    names = [name for name, _ in nets[0].named_parameters()]
+    stacked = SideBySide(nets).named_copy_parameters()
+    assert [name for name, _ in stacked] == names
+    for (name, p), original in zip(stacked, nets[0].parameters()):
+        assert p.shape == (3, *original.shape)
+        torch.testing.assert_close(p[1], dict(nets[1].named_parameters())[name])
+    population = SideBySide(nets[:1])
+    single = population.named_copy_parameters()
+    assert [name for name, _ in single] == names
+    assert all(p is q for (_, p), q in zip(single, population.parameters()))
