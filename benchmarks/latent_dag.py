@@ -42,6 +42,10 @@ samples per environment, 10 seeds each. (B8, anchors in factor analysis:
         #    the classifier started a second time from the ELBO stage's encodings, 2500
         #    steps, then 2000 ELBO steps (fit_latent_causal's default after this start since
         #    2026-12-07); the `elbo` stage of these runs is the kept-graph recipe
+    python benchmarks/latent_dag.py --init contrastive --keep-start-graph --reclassify 2500 \
+        --reclassify-rounds 2 --mixings 3 --seeds 10 11 12 13 14 15 16 17 18 19
+        # -> results/latent_dag_contrastive_start_graph_reclassify2500x2_mixing3_seeds10-...:
+        #    the second classification and its ELBO steps twice in turn
     python benchmarks/latent_dag.py --init contrastive --init-linear --mixings 3
         # -> results/latent_dag_contrastive_linear_stage_mixing3.json: the classifier first
         #    fits affine features (20 restarts, 2000 steps), the 5 lowest cross-entropies go
@@ -169,6 +173,9 @@ def main(argv=None):
     parser.add_argument("--reclassify", type=int, default=0,
                         help="--init contrastive: classification steps of a second start from "
                              "the ELBO stage's encodings (fit_latent_causal's reclassify_steps)")
+    parser.add_argument("--reclassify-rounds", type=int, default=1,
+                        help="--reclassify: how many times the second classification and its "
+                             "ELBO steps run in turn (fit_latent_causal's reclassify_rounds)")
     parser.add_argument("--init-linear", action="store_true",
                         help="--init contrastive: a linear stage first (see LINEAR_STAGE)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -201,6 +208,9 @@ def main(argv=None):
             recipe["leakage"] = args.leakage
         if args.reclassify:
             recipe["reclassify_steps"] = args.reclassify
+            recipe["reclassify_rounds"] = args.reclassify_rounds
+        elif args.reclassify_rounds != 1:
+            parser.error("--reclassify-rounds needs --reclassify")
     elif (args.init_sparsity or args.init_restarts or args.init_select or args.init_linear
           or args.keep_start_graph or args.leakage or args.reclassify):
         parser.error("--init-sparsity, --init-restarts, --init-select, --init-linear, "
@@ -239,6 +249,8 @@ def main(argv=None):
         name += f"_leakage{args.leakage:g}"
     if args.reclassify:
         name += f"_reclassify{args.reclassify}"
+        if args.reclassify_rounds != 1:
+            name += f"x{args.reclassify_rounds}"
     if args.mixings:
         name += "_mixing" + "_".join(map(str, args.mixings))
     if args.seeds:

@@ -58,11 +58,16 @@ def test_latent_dag_sparsity_and_mixings_name_their_file(tmp_path):
     start = result["runs"][0]["stages"]["contrastive"]
     assert len(start["linear_loss"]) == 4 and len(start["linear_kept"]) == 2
     load("latent_dag").main(["--quick", "--init", "contrastive", "--keep-start-graph",
-                             "--reclassify", "5", "--mixings", "1", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "latent_dag_contrastive_start_graph_reclassify5_mixing1_"
+                             "--reclassify", "5", "--reclassify-rounds", "2", "--mixings", "1",
+                             "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "latent_dag_contrastive_start_graph_reclassify5x2_mixing1_"
                                      "quick.json").read_text())
     assert result["setting"]["reclassify_steps"] == 5
-    assert "reclassified_elbo" in result["runs"][0]["stages"]
+    assert result["setting"]["reclassify_rounds"] == 2
+    assert "reclassified2_elbo" in result["runs"][0]["stages"]
+    with pytest.raises(SystemExit):  # rounds of the second start need the second start
+        load("latent_dag").main(["--quick", "--init", "contrastive", "--reclassify-rounds",
+                                 "2", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):  # the second start belongs to the contrastive recipe
         load("latent_dag").main(["--quick", "--reclassify", "5", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):  # the linear stage belongs to the contrastive start
