@@ -214,6 +214,11 @@ def test_fit_latent_causal_reclassify_starts_a_second_classifier_from_the_encodi
     row = fit_latent_causal(train, test, **options)
     assert row["reclassify_steps"] == 200
     assert list(row["stages"]) == ["contrastive", "elbo", "reclassified", "reclassified_elbo"]
+    assert row["mcc"] == row["stages"]["reclassified_elbo"]["mcc"]
+    elbo = np.array(row["stages"]["elbo"]["graph"]) != 0
+    final = np.array(row["stages"]["reclassified_elbo"]["graph"]) != 0
+    assert not (final & ~elbo).any()  # the support stays inside the ELBO stage's graph
+    assert np.array_equal(row["model"].graph() != 0, final)
     explicit = fit_latent_causal(train, test, reclassify_steps=200, **options)
     assert explicit["mcc"] == row["mcc"] and explicit["shd"] == row["shd"]
     # a second round starts from the first's encodings: the first round's stages are the
@@ -224,15 +229,12 @@ def test_fit_latent_causal_reclassify_starts_a_second_classifier_from_the_encodi
     np.testing.assert_equal(twice["stages"]["reclassified_elbo"],  # NaN == NaN here
                             row["stages"]["reclassified_elbo"])
     assert twice["mcc"] == twice["stages"]["reclassified2_elbo"]["mcc"]
-    first = np.array(row["stages"]["reclassified_elbo"]["graph"]) != 0
-    assert not ((np.array(twice["stages"]["reclassified2_elbo"]["graph"]) != 0) & ~first).any()
+    assert not ((np.array(twice["stages"]["reclassified2_elbo"]["graph"]) != 0) & ~final).any()
     with pytest.raises(ValueError, match="reclassify_rounds must be a positive int"):
         fit_latent_causal(train, test, num_steps=5, init="contrastive", reclassify_rounds=0)
-    assert row["mcc"] == row["stages"]["reclassified_elbo"]["mcc"]
-    elbo = np.array(row["stages"]["elbo"]["graph"]) != 0
-    final = np.array(row["stages"]["reclassified_elbo"]["graph"]) != 0
-    assert not (final & ~elbo).any()  # the support stays inside the ELBO stage's graph
-    assert np.array_equal(row["model"].graph() != 0, final)
+    with pytest.raises(ValueError, match="reclassify_rounds=2 needs reclassify_steps > 0"):
+        fit_latent_causal(train, test, num_steps=5, init="contrastive", reclassify_steps=0,
+                          reclassify_rounds=2)
     assert fit_latent_causal(train, test, num_steps=5, rounds=1)["reclassify_steps"] == 0
     with pytest.raises(ValueError, match="reclassify_steps > 0 needs init='contrastive'"):
         fit_latent_causal(train, test, num_steps=5, reclassify_steps=5)
