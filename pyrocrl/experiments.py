@@ -374,7 +374,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     repeats the second classification and its ELBO steps, each round starting from the
     previous round's encodings and graph (stages ``"reclassified2"``,
     ``"reclassified2_elbo"``, ...). A second round raised MCC by target on all of seeds 0-9
-    (+0.011 ± 0.008, exploratory) but not on fresh seeds 10-19 (−0.011 ± 0.029, 5 up, 5
+    (+0.011 ± 0.008) but not on fresh seeds 10-19 (−0.011 ± 0.029, 5 up, 5
     down; the worst starts lost most), so the default is one. ``reclassify_steps``
     (resolved) and ``reclassify_rounds`` are in the result.
     """
