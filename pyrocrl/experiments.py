@@ -401,8 +401,12 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
                          f"got {init_select!r}")
     n, num_envs = train.z.shape[1], int(train.info["num_envs"])
     pyro.set_rng_seed(seed)
-    model = models.LatentCausalVAE(train.x.shape[1], n, num_envs,
-                                   targets=train.info["targets"], **model_options)
+
+    def new_model():  # the first model and each second classification's fresh one
+        return models.LatentCausalVAE(train.x.shape[1], n, num_envs,
+                                      targets=train.info["targets"], **model_options)
+
+    model = new_model()
     options = dict(device=device, progress=progress, **LATENT_DAG_FIT)
     t0 = time.perf_counter()
     fit_part, validation = train, None
@@ -444,8 +448,7 @@ def fit_latent_causal(train: Dataset, test: Dataset, num_steps: int, seed: int =
     score("elbo")
     for turn in range(1, (reclassify_rounds if reclassify_steps else 0) + 1):
         latents, graph = model.encode(train.x, train.u), model.graph()
-        model = models.LatentCausalVAE(train.x.shape[1], n, num_envs,
-                                       targets=train.info["targets"], **model_options)
+        model = new_model()
         if keep_start_graph:
             model.restrict_graph(graph)
         initialize_contrastive(model, train.x, train.u, num_steps=reclassify_steps,
